@@ -1,0 +1,45 @@
+"""genflow: train, sample and compare diffusion and flow models with one backbone.
+
+Glossary (see DESIGN.md):
+
+- process: the corruption path, training time distribution, target and loss, and how a
+  network output becomes a field to integrate. Every process is a Gaussian path
+  ``x_t = alpha(t) x0 + sigma(t) eps`` with ``t = 0`` data and ``t = 1`` the prior.
+- schedule: ``alpha(t)``, ``sigma(t)`` and their time derivatives.
+- prediction: what the network outputs: ``eps``, ``x0``, ``v`` or ``velocity``.
+- time grid: decreasing times from 1 (prior) to 0 (data), both included.
+- solver: a function integrating a model bound to a process along a time grid.
+- NFE: number of network evaluations, the honest unit of sampling cost.
+
+Usage::
+
+    import genflow
+    proc = genflow.make_process("rectified-flow")
+    x = genflow.sample(model, proc, solver="heun", steps=20, shape=(16, 1, 8, 8), seed=0)
+"""
+
+from genflow.errors import GenflowError, IncompatibleError, UnknownNameError
+from genflow.processes import PROCESSES, GaussianProcess, Schedule, make_process
+from genflow.sampling import SamplingStats, sample
+from genflow.solvers import SOLVERS, BoundModel, NoiseSource
+from genflow.timesteps import GRIDS, make_grid
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "GRIDS",
+    "PROCESSES",
+    "SOLVERS",
+    "BoundModel",
+    "GaussianProcess",
+    "GenflowError",
+    "IncompatibleError",
+    "NoiseSource",
+    "SamplingStats",
+    "Schedule",
+    "UnknownNameError",
+    "__version__",
+    "make_grid",
+    "make_process",
+    "sample",
+]

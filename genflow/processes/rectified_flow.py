@@ -1,0 +1,47 @@
+"""Rectified flow (Liu, Gong & Liu 2022): the straight path ``x_t = (1 - t) x0 + t eps``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive
+
+TIME_SAMPLINGS = ("uniform", "logit-normal")
+
+
+@dataclass(frozen=True)
+class RectifiedFlow(GaussianProcess):
+    """Velocity ``eps - x0`` regressed on the straight path (Liu et al. 2022, eq. 1);
+    logit-normal training times as in Esser et al. 2024 (SD3), sec. 3.1."""
+
+    name = "rectified-flow"
+    summary = "straight path x_t = (1-t) x0 + t eps, velocity prediction (Liu, Gong & Liu 2022)"
+    default_solver = "euler"
+
+    prediction: str = "velocity"
+    time_sampling: str = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("time_sampling", self.time_sampling, TIME_SAMPLINGS)
+        check_positive("logit_std", self.logit_std)
+
+    @classmethod
+    def inapplicable_options(cls, options: dict[str, object]) -> list[str]:
+        if options.get("time_sampling", "uniform") == "uniform":
+            return [name for name in ("logit_mean", "logit_std") if name in options]
+        return []
+
+    def schedule(self, t: Tensor) -> Schedule:
+        return Schedule(1 - t, t, -torch.ones_like(t), torch.ones_like(t))
+
+    def sample_training_times(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
+        if self.time_sampling == "uniform":
+            return super().sample_training_times(n, generator, device)
+        normal = torch.randn(n, generator=generator, device=device)
+        return torch.sigmoid(self.logit_mean + self.logit_std * normal)

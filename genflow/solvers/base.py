@@ -1,0 +1,164 @@
+"""What every solver shares: the model bound to a process, per-sample noise, the registry.
+
+A solver is a plain function ``solver(model, x, times, noise, **options) -> x`` that
+integrates from ``times[0]`` (prior) to ``times[-1]`` (data). It sees the network only
+through :class:`BoundModel`, which turns any prediction into a denoised estimate, a
+probability-flow velocity or reverse-SDE terms, so no solver branches on the process.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from genflow.errors import GenflowError, IncompatibleError
+from genflow.processes.base import GaussianProcess, Model, Schedule, diffusion_squared, to_x0_eps
+from genflow.registry import Registry, unknown
+
+
+class BoundModel:
+    """A ``model(x, t) -> prediction`` bound to its process; counts evaluations (NFE)."""
+
+    def __init__(self, model: Model, process: GaussianProcess) -> None:
+        self.model = model
+        self.process = process
+        self.nfe = 0
+
+    def coefficients(self, t: float) -> Schedule:
+        return self.process.coefficients(t)
+
+    def predict(self, x: Tensor, t: float) -> Tensor:
+        """One network evaluation at the time ``t`` for the whole batch."""
+        self.nfe += 1
+        return self.model(x, torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype))
+
+    def denoise(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
+        """``(x0_hat, eps_hat)``: the posterior means of data and noise given ``x`` at ``t``."""
+        return to_x0_eps(self.process.prediction, self.predict(x, t), x, self.coefficients(t))
+
+    def velocity(self, x: Tensor, t: float) -> Tensor:
+        """Probability-flow ODE field ``dx/dt = alpha' x0_hat + sigma' eps_hat``."""
+        if self.process.prediction == "velocity":
+            return self.predict(x, t)
+        s = self.coefficients(t)
+        x0, eps = self.denoise(x, t)
+        return s.d_alpha * x0 + s.d_sigma * eps
+
+    def score(self, x: Tensor, t: float) -> Tensor:
+        """``grad log p_t(x) = -eps_hat / sigma``."""
+        return -self.denoise(x, t)[1] / self.coefficients(t).sigma
+
+    def reverse_sde_drift(self, x: Tensor, t: float) -> tuple[Tensor, float]:
+        """Drift ``v + 1/2 g^2 eps_hat / sigma`` of the reverse SDE and ``g^2`` at ``t``."""
+        s = self.coefficients(t)
+        x0, eps = self.denoise(x, t)
+        g2 = diffusion_squared(s)
+        return s.d_alpha * x0 + s.d_sigma * eps + 0.5 * g2 * eps / s.sigma, g2
+
+
+class NoiseSource:
+    """Gaussian noise drawn per sample: sample ``i`` has its own generator seeded ``seeds[i]``,
+    so its noise never depends on the batch it is drawn in (EDM's per-image seeds, Karras et
+    al. 2022). Noise is drawn on the CPU, which also makes it the same on every device."""
+
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+        self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    def __call__(self, shape: Sequence[int]) -> Tensor:
+        """A ``(len(seeds), *shape)`` standard normal tensor."""
+        draws = [torch.randn(tuple(shape), generator=g, dtype=torch.float32) for g in self.generators]
+        return torch.stack(draws).to(device=self.device, dtype=self.dtype)
+
+    def like(self, x: Tensor) -> Tensor:
+        return self(x.shape[1:])
+
+
+Noise = Callable[[Tensor], Tensor]
+"""``noise(x) -> z``: standard normal noise shaped like ``x`` (``NoiseSource.like``)."""
+
+
+@dataclass(frozen=True)
+class Option:
+    """A solver option: its default, a check on its value and what the check requires."""
+
+    default: float
+    check: Callable[[float], bool]
+    requirement: str
+    help: str
+
+
+def non_negative(help: str, default: float) -> Option:
+    return Option(default, lambda v: v >= 0, ">= 0", help)
+
+
+def positive(help: str, default: float) -> Option:
+    return Option(default, lambda v: v > 0, "> 0", help)
+
+
+def at_least_one(help: str, default: int) -> Option:
+    return Option(default, lambda v: v >= 1 and float(v).is_integer(), "a whole number >= 1", help)
+
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """A registered solver: its function, one line of summary and its options."""
+
+    name: str
+    fn: Callable[..., Tensor]
+    summary: str
+    options: Mapping[str, Option] = field(default_factory=dict)
+    needs_reverse_sde: bool = False
+    adaptive: bool = False
+
+    def resolve_options(self, given: Mapping[str, object]) -> dict[str, float]:
+        """Defaults overridden by ``given``; unknown or invalid options are errors."""
+        resolved: dict[str, float] = {name: option.default for name, option in self.options.items()}
+        for name, value in given.items():
+            if name not in self.options:
+                if not self.options:
+                    raise GenflowError(f"solver {self.name!r} takes no options, but {name!r} was given")
+                raise unknown(f"option for solver {self.name!r}:", name, self.options)
+            option = self.options[name]
+            number = _as_number(self.name, name, value)
+            if not option.check(number):
+                raise GenflowError(f"solver {self.name!r}: {name} must be {option.requirement}, not {value!r}")
+            resolved[name] = type(option.default)(number)
+        return resolved
+
+    def check_process(self, process: GaussianProcess) -> None:
+        """Fail before sampling when the process lacks a capability this solver needs."""
+        if self.needs_reverse_sde and not process.supports_reverse_sde:
+            raise IncompatibleError(
+                f"solver {self.name!r} integrates the reverse SDE, whose diffusion diverges at t=1 for "
+                f"process {process.name!r} (alpha(1)=0); use 'ancestral' for stochastic sampling"
+            )
+
+
+def _as_number(solver: str, name: str, value: object) -> float:
+    try:
+        number = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise GenflowError(f"solver {solver!r}: {name} must be a number, not {value!r}") from None
+    if not math.isfinite(number):
+        raise GenflowError(f"solver {solver!r}: {name} must be finite, not {value!r}")
+    return number
+
+
+def steps(times: Tensor) -> Iterator[tuple[int, float, float]]:
+    """``(i, t_i, t_{i+1})`` for each step of a decreasing time grid."""
+    values = times.tolist()
+    for i in range(len(values) - 1):
+        yield i, values[i], values[i + 1]
+
+
+SOLVERS: Registry[SolverSpec] = Registry("solver")
+
+
+def register(spec: SolverSpec) -> SolverSpec:
+    return SOLVERS.add(spec.name, spec)
