@@ -47,13 +47,11 @@ def time_at_noise_level(process: GaussianProcess, levels: Tensor, iterations: in
 
 
 def uniform(steps: int, process: GaussianProcess) -> Tensor:
-    """Equal steps in t: ``linspace(1, 0, steps + 1)``, kept at or above ``t_min`` before the end."""
-    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
-    times[:-1] = times[:-1].clamp_min(process.t_min)
-    if steps > 1 and times[-3] <= times[-2]:
-        limit = math.floor(1 / process.t_min) if process.t_min > 0 else steps
-        raise GenflowError(f"process {process.name!r} allows at most {limit} uniform steps, not {steps}")
-    return times
+    """Equal steps in t: ``linspace(1, 0, steps + 1)``; its last time before 0, ``1 / steps``,
+    must not fall below ``t_min`` (so ddpm, for one, allows at most its T = 1000 steps)."""
+    if steps * process.t_min > 1 + 1e-9:
+        raise GenflowError(f"process {process.name!r} allows at most {math.floor(1 / process.t_min + 1e-9)} uniform steps, not {steps}")
+    return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
 
 
 def _ramp(steps: int, process: GaussianProcess, warp: Callable[[Tensor], Tensor], unwarp: Callable[[Tensor], Tensor]) -> Tensor:

@@ -174,8 +174,12 @@ class GaussianProcess(ABC):
 
     # --- description ------------------------------------------------------------------
     def options(self) -> dict[str, object]:
-        """The options that rebuild this process with :func:`genflow.make_process`."""
-        return dataclasses.asdict(self)
+        """The options that rebuild this process with :func:`genflow.make_process` (those that
+        have an effect given the others)."""
+        options = dataclasses.asdict(self)
+        for name in self.inapplicable_options(options):
+            del options[name]
+        return options
 
     @classmethod
     def option_names(cls) -> list[str]:

@@ -32,12 +32,18 @@ def ddim(model: BoundModel, x: Tensor, times: Tensor, noise: Noise, eta: float =
     return x
 
 
+def ancestral(model: BoundModel, x: Tensor, times: Tensor, noise: Noise, eta: float = 1.0) -> Tensor:
+    """DDPM's ancestral sampler (Ho et al. 2020, Algorithm 2) for ddpm, Euler-ancestral for
+    continuous processes: the DDIM step at eta = 1."""
+    return ddim(model, x, times, noise, eta)
+
+
 ETA = "0 = deterministic DDIM, 1 = DDPM ancestral"
 register(SolverSpec("ddim", ddim, "DDIM step, deterministic at eta=0 (the default); 1 NFE/step", {"eta": non_negative(ETA, 0.0)}))
 register(
     SolverSpec(
         "ancestral",
-        ddim,
+        ancestral,
         "ancestral sampling, DDIM with eta=1: DDPM's sampler, Euler-ancestral for flows; 1 NFE/step",
         {"eta": non_negative(ETA, 1.0)},
     )

@@ -1,0 +1,38 @@
+"""Shared fixtures: closed-form data and the processes every test runs over."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from genflow import make_process
+from genflow.toy import GaussianMixture
+
+PROCESS_CONFIGS = [
+    ("ddpm", {}),
+    ("ddpm", {"beta_schedule": "cosine"}),
+    ("ddim", {}),
+    ("sde", {"sde": "vp"}),
+    ("sde", {"sde": "ve"}),
+    ("sde", {"sde": "subvp"}),
+    ("rectified-flow", {}),
+    ("cnf", {}),
+]
+PROCESS_IDS = [name + "".join(f"-{v}" for v in options.values()) for name, options in PROCESS_CONFIGS]
+
+
+@pytest.fixture(params=PROCESS_CONFIGS, ids=PROCESS_IDS)
+def process(request):
+    name, options = request.param
+    return make_process(name, **options)
+
+
+def four_blobs() -> GaussianMixture:
+    """Four well-separated 2-D Gaussians: a multimodal target with an exact denoiser."""
+    return GaussianMixture([[2.0, 2.0], [-2.0, 2.0], [2.0, -2.0], [-2.0, -2.0]], std=0.3)
+
+
+def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """Szekely's energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` between two samples."""
+    a, b = a.double(), b.double()
+    return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
