@@ -221,10 +221,17 @@ def test_solver_options_are_checked_before_sampling():
 
 
 def test_eta_spans_ddim_to_ddpm():
-    """eta = 0 is deterministic given the prior; eta = 1 ('ancestral') draws noise; ddim with eta=1 is ancestral."""
+    """From the same prior, eta = 0 ignores the noise source; eta > 0 ('ancestral') uses it;
+    ddim with eta = 1 is ancestral."""
     process = make_process("ddpm")
-    model = four_blobs().exact_model(process)
-    sample = lambda seed, **kw: genflow.sample(model, process, steps=10, shape=(5, 2), seed=seed, **kw)  # noqa: E731
-    torch.testing.assert_close(sample(0, solver="ddim"), sample(1, solver="ddim"))  # noise only at the prior
-    assert not torch.allclose(sample(0, solver="ancestral"), sample(1, solver="ancestral"))
-    torch.testing.assert_close(sample(0, solver="ddim", eta=1.0), sample(0, solver="ancestral"))
+    model = BoundModel(four_blobs().exact_model(process), process)
+    prior = torch.randn(5, 2, generator=torch.Generator().manual_seed(0))
+    grid = make_grid("uniform", 10, process)
+
+    def run(solver, seed, **options):
+        return SOLVERS.get(solver).fn(model, prior, grid, genflow.NoiseSource(range(seed, seed + 5)).like, **options)
+
+    torch.testing.assert_close(run("ddim", 0), run("ddim", 1))
+    assert not torch.allclose(run("ancestral", 0), run("ancestral", 1))
+    assert not torch.allclose(run("ddim", 0, eta=0.5), run("ddim", 1, eta=0.5))
+    torch.testing.assert_close(run("ddim", 0, eta=1.0), run("ancestral", 0))

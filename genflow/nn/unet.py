@@ -1,0 +1,100 @@
+"""The shared backbone: diffusers' ``UNet2DModel`` behind ``model(x, t)`` in process time.
+
+The UNet knows nothing about processes. :class:`UNet` maps process time ``t`` in [0, 1] to
+the embedding's timestep ``999 t`` (DDPM's range, Ho et al. 2020) and scales its input by
+``1 / sqrt(alpha^2 + sigma^2)`` taken from the path it is bound to, the input part of EDM's
+preconditioning (Karras et al. 2022, table 1, ``c_in`` with sigma_data = 1) that keeps a
+VE input of standard deviation 50 in range.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+from diffusers import UNet2DModel
+from torch import Tensor, nn
+
+from genflow.errors import GenflowError
+from genflow.processes.base import GaussianProcess
+
+TIMESTEP_SCALE = 999.0
+
+
+@dataclass(frozen=True)
+class UNetConfig:
+    """The backbone's shape; channels and resolution come from the data."""
+
+    channels: int = 1
+    resolution: int = 8
+    block_channels: tuple[int, ...] = (64, 128)
+    attention: tuple[bool, ...] = (False, False)
+    layers_per_block: int = 1
+    norm_groups: int = 16
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.attention) != len(self.block_channels):
+            raise GenflowError("model.attention needs one true/false per entry of model.block_channels")
+        if any(c % self.norm_groups for c in self.block_channels):
+            raise GenflowError(f"model.block_channels must be multiples of model.norm_groups ({self.norm_groups})")
+        if self.resolution % 2 ** (len(self.block_channels) - 1):
+            raise GenflowError(f"resolution {self.resolution} cannot be halved {len(self.block_channels) - 1} times")
+
+    @classmethod
+    def from_dict(cls, values: dict) -> UNetConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise GenflowError(f"unknown model option {unknown[0]!r}; choose from {', '.join(sorted(known))}")
+        values = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+
+
+PRESETS: dict[int, dict] = {
+    8: {"block_channels": (64, 128), "attention": (False, False)},
+    28: {"block_channels": (64, 128, 128), "attention": (False, True, False), "layers_per_block": 2},
+    32: {"block_channels": (64, 128, 256), "attention": (False, True, False), "layers_per_block": 2},
+}
+
+
+def preset_for(channels: int, resolution: int) -> UNetConfig:
+    """The default backbone for data of this shape (the nearest preset by resolution)."""
+    nearest = min(PRESETS, key=lambda r: abs(r - resolution))
+    return UNetConfig(channels=channels, resolution=resolution, **PRESETS[nearest])
+
+
+def build_unet(config: UNetConfig) -> UNet2DModel:
+    down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention)
+    up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention))
+    return UNet2DModel(
+        sample_size=config.resolution,
+        in_channels=config.channels,
+        out_channels=config.channels,
+        block_out_channels=config.block_channels,
+        down_block_types=down,
+        up_block_types=up,
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_groups,
+        attention_head_dim=32,
+        dropout=config.dropout,
+    )
+
+
+class UNet(nn.Module):
+    """``UNet(config, process)(x, t) -> prediction`` with ``t`` of shape ``(B,)`` in [0, 1]."""
+
+    def __init__(self, config: UNetConfig, process: GaussianProcess) -> None:
+        super().__init__()
+        self.config = config
+        self.process = process
+        self.unet = build_unet(config)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        s = self.process.schedule(t.float()).broadcast_to(x)
+        scaled = x * torch.rsqrt(s.alpha**2 + s.sigma**2)
+        return self.unet(scaled, t * TIMESTEP_SCALE).sample.to(x.dtype)
