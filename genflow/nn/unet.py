@@ -28,8 +28,8 @@ class UNetConfig:
 
     channels: int = 1
     resolution: int = 8
-    block_channels: tuple[int, ...] = (64, 128)
-    attention: tuple[bool, ...] = (False, False)
+    block_channels: tuple[int, ...] = (32, 64, 64)
+    attention: tuple[bool, ...] = (False, False, False)
     layers_per_block: int = 1
     norm_groups: int = 16
     dropout: float = 0.0
@@ -56,7 +56,7 @@ class UNetConfig:
 
 
 PRESETS: dict[int, dict] = {
-    8: {"block_channels": (64, 128), "attention": (False, False)},
+    8: {"block_channels": (32, 64, 64), "attention": (False, False, False)},  # 1.06M parameters
     28: {"block_channels": (64, 128, 128), "attention": (False, True, False), "layers_per_block": 2},
     32: {"block_channels": (64, 128, 256), "attention": (False, True, False), "layers_per_block": 2},
 }

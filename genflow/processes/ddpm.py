@@ -103,8 +103,20 @@ class DDPM(GaussianProcess):
     def t_min(self) -> float:
         return 1 / self.timesteps
 
+    @cached_property
+    def _nodes_by_device(self) -> dict[torch.device, tuple[Tensor, Tensor]]:
+        return {}
+
+    def _nodes(self, device: torch.device) -> tuple[Tensor, Tensor]:
+        """``log alpha_bar`` and its slopes on ``device`` (float64, float32 where unsupported)."""
+        if device not in self._nodes_by_device:
+            dtype = torch.float32 if device.type == "mps" else torch.float64
+            self._nodes_by_device[device] = (self.log_alpha_bar.to(device, dtype), self._slopes.to(device, dtype))
+        return self._nodes_by_device[device]
+
     def schedule(self, t: Tensor) -> Schedule:
-        log_ab, d_log_ab = hermite(self.log_alpha_bar, self._slopes, t.double() * self.timesteps)
+        log_alpha_bar, slopes = self._nodes(t.device)
+        log_ab, d_log_ab = hermite(log_alpha_bar, slopes, t.to(log_alpha_bar.dtype) * self.timesteps)
         d_log_ab = d_log_ab * self.timesteps
         alpha_bar = torch.exp(log_ab)
         alpha = torch.sqrt(alpha_bar)

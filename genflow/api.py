@@ -1,0 +1,171 @@
+"""What the command line calls: train a run, load it, sample it, save samples."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+import genflow
+from genflow.checkpoint import CONFIG, EMA_WEIGHTS, LATEST, load_weights, point_latest, read_run, write_json
+from genflow.config import TrainConfig
+from genflow.data import load_dataset, to_uint8
+from genflow.errors import GenflowError
+from genflow.nn import UNet, UNetConfig, preset_for
+from genflow.processes import GaussianProcess, make_process
+from genflow.progress import SilentReporter
+from genflow.sampling import SamplingStats
+from genflow.training import GRID_SAMPLES, Reporter, pick_device, train_loop
+
+DEFAULT_RUNS = Path("runs")
+
+
+def backbone_config(config: TrainConfig, data: Tensor) -> UNetConfig:
+    """The preset for the data's shape with the run's ``model`` overrides."""
+    _, channels, height, width = data.shape
+    if height != width:
+        raise GenflowError(f"images must be square, not {height}x{width}")
+    return UNetConfig.from_dict({**preset_for(channels, height).to_dict(), **config.model, "channels": channels, "resolution": height})
+
+
+def new_run_dir(out: Path | None, process: str, overwrite: bool) -> Path:
+    """``out``, or ``runs/<time>-<process>``; an existing non-empty ``out`` is refused
+    unless ``overwrite``."""
+    run_dir = out or DEFAULT_RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{process}"
+    if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
+        raise GenflowError(f"{run_dir} exists and is not empty; choose another --out or pass --overwrite")
+    try:
+        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise GenflowError(f"cannot create run directory {run_dir}: {error.strerror}") from None
+    return run_dir
+
+
+def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False, reporter: Reporter | None = None) -> Path:
+    """Train a run as ``config`` says and return its directory."""
+    config.validate()
+    process = make_process(config.process, **config.process_options)
+    device = pick_device(config.device)
+    data = load_dataset(config.dataset, config.data_dir)
+    unet_config = backbone_config(config, data)
+    run_dir = new_run_dir(out, config.process, overwrite)
+    write_json(run_dir / CONFIG, run_record(config, process, unet_config, genflow.__version__))
+    torch.manual_seed(config.seed)
+    model = UNet(unet_config, process).to(device)
+
+    def sample_grid(ema: torch.nn.Module, step: int) -> None:
+        images = genflow.sample(ema, process, shape=(GRID_SAMPLES, *data.shape[1:]), steps=config.sample_steps, seed=0, device=device)
+        save_samples(images, run_dir / "samples" / f"step-{step:06d}.png", overwrite=True)
+
+    train_loop(config, process, model, data.to(device), run_dir, reporter or SilentReporter(), sample_grid)
+    if out is None or run_dir.parent == DEFAULT_RUNS:
+        point_latest(run_dir.parent, run_dir)
+    return run_dir
+
+
+def run_record(config: TrainConfig, process: GaussianProcess, unet: UNetConfig, version: str) -> dict:
+    return {
+        "genflow_version": version,
+        "train": config.to_dict(),
+        "process": {"name": process.name, "options": process.options()},
+        "model": unet.to_dict(),
+    }
+
+
+@dataclass
+class LoadedRun:
+    """A trained run ready to sample: its directory, process, EMA model and config record."""
+
+    path: Path
+    process: GaussianProcess
+    model: UNet
+    config: dict
+
+
+def resolve_run(run: str | Path | None) -> Path:
+    """The run named, or ``runs/latest``."""
+    if run is not None:
+        return Path(run)
+    latest = DEFAULT_RUNS / LATEST
+    if not latest.exists():
+        raise GenflowError("no run given and no runs/latest; train one with 'genflow train' or pass RUN")
+    return latest
+
+
+def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
+    """Load a run's EMA weights into its backbone, bound to its process."""
+    files = read_run(resolve_run(run))
+    record = files.config
+    try:
+        process = make_process(record["process"]["name"], **record["process"]["options"])
+        unet_config = UNetConfig.from_dict(record["model"])
+    except (GenflowError, KeyError, TypeError) as error:
+        raise GenflowError(f"{files.path / CONFIG} does not describe a genflow model: {error}") from None
+    model = UNet(unet_config, process)
+    weights = load_weights(files.path / EMA_WEIGHTS)
+    missing, unexpected = model.unet.load_state_dict(weights, strict=False)
+    if missing or unexpected:
+        name = (missing or unexpected)[0]
+        raise GenflowError(f"{files.path / EMA_WEIGHTS} does not fit the model in {CONFIG} (e.g. {name!r})")
+    return LoadedRun(files.path, process, model.to(pick_device(device)).eval(), record)
+
+
+def sample_run(
+    loaded: LoadedRun,
+    n: int,
+    solver: str | None = None,
+    steps: int | None = None,
+    grid: str | None = None,
+    seed: int = 0,
+    batch_size: int | None = None,
+    **solver_options: float,
+) -> tuple[Tensor, SamplingStats]:
+    """``n`` samples of a loaded run, with the stats of how they were made."""
+    if n < 1:
+        raise GenflowError(f"n must be >= 1, not {n}")
+    config = loaded.model.config
+    stats = SamplingStats()
+    images = genflow.sample(
+        loaded.model,
+        loaded.process,
+        shape=(n, config.channels, config.resolution, config.resolution),
+        solver=solver,
+        steps=steps,
+        grid=grid,
+        seed=seed,
+        batch_size=batch_size,
+        stats=stats,
+        **solver_options,
+    )
+    return images, stats
+
+
+def save_samples(images: Tensor, out: Path, overwrite: bool = False) -> Path:
+    """By the path: ``.png`` a grid, ``.npz`` uint8 NHWC under ``arr_0``, otherwise a
+    directory of one PNG per sample. An existing output is refused unless ``overwrite``."""
+    from torchvision.utils import save_image
+
+    suffix = out.suffix.lower()
+    if out.exists() and not overwrite and (suffix in (".png", ".npz") or any(out.iterdir())):
+        raise GenflowError(f"{out} exists; choose another --out or pass --overwrite")
+    if suffix not in ("", ".png", ".npz"):
+        raise GenflowError(f"unsupported output {out}: use a .png (grid), a .npz (array) or a directory")
+    images = images.detach().float().cpu()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        if suffix == ".png":
+            nrow = max(1, int(np.ceil(np.sqrt(len(images)))))
+            save_image((images.clamp(-1, 1) + 1) / 2, out, nrow=nrow, padding=1)
+        elif suffix == ".npz":
+            np.savez(out, to_uint8(images).permute(0, 2, 3, 1).numpy())
+        else:
+            out.mkdir(parents=True, exist_ok=True)
+            for i, image in enumerate(images):
+                save_image((image.clamp(-1, 1) + 1) / 2, out / f"{i:06d}.png")
+    except OSError as error:
+        raise GenflowError(f"cannot write {out}: {error.strerror or error}") from None
+    return out

@@ -1,0 +1,190 @@
+"""The ``genflow`` command: a thin Typer layer over :mod:`genflow.api`.
+
+Exit codes: 0 ok, 1 unexpected runtime error, 2 usage or input error (one line naming the
+fix, no traceback).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+import genflow
+from genflow import api
+from genflow.config import resolve_config
+from genflow.errors import GenflowError
+from genflow.progress import reporter_for
+
+app = typer.Typer(help="Train, sample and compare diffusion and flow models.", no_args_is_help=True, pretty_exceptions_enable=False)
+out_console = Console()
+
+
+def fails_cleanly(command):
+    """Turn a :class:`GenflowError` into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GenflowError as error:
+            print(f"genflow: error: {error}", file=sys.stderr)
+            raise typer.Exit(2) from None
+
+    return wrapper
+
+
+def show_version(value: bool) -> None:
+    if value:
+        print(f"genflow {genflow.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[Optional[bool], typer.Option("--version", callback=show_version, is_eager=True, help="Print the version.")] = None,
+) -> None:
+    """Train, sample and compare diffusion and flow models."""
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values parse as TOML scalars (numbers, true/false, strings)."""
+    import tomllib
+
+    parsed: dict[str, object] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GenflowError(f"--option takes key=value, not {item!r}")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = value
+    return parsed
+
+
+@app.command()
+@fails_cleanly
+def train(
+    process: Annotated[Optional[str], typer.Option(help="Process: ddpm, ddim, sde, rectified-flow, cnf.")] = None,
+    config: Annotated[Optional[str], typer.Option("--config", help="Preset name or TOML file; flags override it.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="digits (embedded), mnist, fashion-mnist, cifar10, or an image folder.")] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Where torchvision's dataset files are (never downloaded).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, data order and noise.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
+    schedule: Annotated[Optional[str], typer.Option(help="ddpm/ddim beta schedule: linear or cosine.")] = None,
+    sde: Annotated[Optional[str], typer.Option(help="sde variant: vp, ve or subvp.")] = None,
+    coupling: Annotated[Optional[str], typer.Option(help="cnf coupling: independent or ot.")] = None,
+    time_sampling: Annotated[Optional[str], typer.Option(help="rectified-flow training times: uniform or logit-normal.")] = None,
+    prediction: Annotated[Optional[str], typer.Option(help="Network output: eps, x0, v or velocity.")] = None,
+    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Any other process option, key=value.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<time>-<process>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Allow --out to be an existing, non-empty directory.")] = False,
+) -> None:
+    """Train the shared UNet under a process (rectified flow on the embedded digits by default)."""
+    named = {"beta_schedule": schedule, "sde": sde, "coupling": coupling, "time_sampling": time_sampling, "prediction": prediction}
+    process_options = {k: v for k, v in named.items() if v is not None} | parse_assignments(option or [])
+    overrides = dict(
+        dataset=dataset, data_dir=data_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
+        precision=precision, sample_every=sample_every, process_options=process_options,
+    )  # fmt: skip
+    resolved = resolve_config(config, process, overrides)
+    run_dir = api.train(resolved, out, overwrite, reporter_for())
+    print(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")
+
+
+SOLVER_FLAGS = ("eta", "rtol", "atol", "snr", "corrector_steps")
+
+
+@app.command()
+@fails_cleanly
+def sample(
+    run: Annotated[Optional[str], typer.Argument(help="Run directory (default runs/latest).")] = None,
+    solver: Annotated[Optional[str], typer.Option(help="Solver (default: the process's own).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Solver steps (default 20; adaptive solvers: 1).")] = None,
+    grid: Annotated[Optional[str], typer.Option(help="Time grid: uniform, karras or logsnr.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 64,
+    seed: Annotated[int, typer.Option(help="Sample i uses seed + i, at any batch size.")] = 0,
+    batch_size: Annotated[Optional[int], typer.Option(help="Samples per network call (never changes the samples).")] = None,
+    out: Annotated[Optional[Path], typer.Option(help=".png grid, .npz uint8 NHWC array (arr_0), or a directory of PNGs.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    eta: Annotated[Optional[float], typer.Option(help="ddim/ancestral noise: 0 DDIM, 1 DDPM.")] = None,
+    rtol: Annotated[Optional[float], typer.Option(help="dopri5 relative tolerance.")] = None,
+    atol: Annotated[Optional[float], typer.Option(help="dopri5 absolute tolerance.")] = None,
+    snr: Annotated[Optional[float], typer.Option(help="pc Langevin signal-to-noise ratio.")] = None,
+    corrector_steps: Annotated[Optional[int], typer.Option(help="pc Langevin steps per time.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+) -> None:
+    """Sample a trained run with any solver and write the samples."""
+    given = dict(eta=eta, rtol=rtol, atol=atol, snr=snr, corrector_steps=corrector_steps)
+    options = {k: v for k, v in given.items() if v is not None}
+    loaded = api.load(run, device)
+    images, stats = api.sample_run(loaded, n, solver, steps, grid, seed, batch_size, **options)
+    if out is None:
+        out = loaded.path / "samples" / f"{stats.solver}-{stats.grid}-{stats.steps}steps-n{n}-seed{seed}.png"
+        overwrite = True  # a name derived from every input: the same file each time
+    api.save_samples(images, out, overwrite)
+    result = {
+        "run": str(loaded.path), "process": loaded.process.name, "solver": stats.solver, "grid": stats.grid,
+        "steps": stats.steps, "nfe": stats.nfe, "seconds": round(stats.seconds, 4), "n": n, "seed": seed, "out": str(out),
+    }  # fmt: skip
+    if as_json:
+        print(json.dumps(result))
+    else:
+        print(f"{stats.solver} on {loaded.process.name}: {stats.steps} steps ({stats.grid}), NFE {stats.nfe:g}, {stats.seconds:.2f} s -> {out}")
+
+
+@app.command("list")
+def list_components() -> None:
+    """List processes, solvers and time grids."""
+    for title, rows in (
+        ("processes", [(name, cls.summary) for name, cls in genflow.PROCESSES.items()]),
+        ("solvers", [(name, spec.summary) for name, spec in genflow.SOLVERS.items()]),
+        ("grids", [(name, summary) for name, (_, summary) in genflow.GRIDS.items()]),
+    ):
+        table = Table(title=title, show_header=False, title_justify="left")
+        for name, summary in rows:
+            table.add_row(name, summary)
+        out_console.print(table)
+
+
+@app.command()
+@fails_cleanly
+def info(run: Annotated[Optional[str], typer.Argument(help="Run directory (default runs/latest).")] = None) -> None:
+    """Show a run's process, model, training config and last logged loss."""
+    loaded = api.load(run, device="cpu")
+    train_config = loaded.config["train"]
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    table = Table(title=str(loaded.path), show_header=False, title_justify="left")
+    table.add_row("process", escape(f"{loaded.process.name} {json.dumps(loaded.process.options())}"))
+    table.add_row("default solver", loaded.process.default_solver)
+    table.add_row("model", escape(f"{parameters / 1e6:.2f}M parameters, {json.dumps(loaded.config['model'])}"))
+    table.add_row("data", f"{train_config['dataset']}")
+    for key in ("steps", "batch_size", "lr", "ema_decay", "seed"):
+        table.add_row(key, str(train_config[key]))
+    metrics = loaded.path / "metrics.jsonl"
+    if metrics.is_file() and metrics.read_text().strip():
+        last = json.loads(metrics.read_text().strip().splitlines()[-1])
+        table.add_row("last logged", f"step {last['step']}, loss {last['loss']:.4f}, {last['seconds']:.0f} s")
+    out_console.print(table)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,109 @@
+"""Training configuration: a dataclass, preset TOML files, overrides, validation.
+
+A preset is a TOML file of ``TrainConfig`` keys, with ``[process_options]`` and ``[model]``
+tables. ``genflow train`` starts from the preset of the chosen process (``genflow/configs``)
+or from ``--config FILE``; flags given on the command line override it. Unknown keys are
+errors, never ignored.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from genflow.errors import GenflowError
+from genflow.registry import did_you_mean
+
+PRESET_DIR = Path(__file__).parent / "configs"
+DEVICES = ("auto", "cpu", "cuda", "mps")
+PRECISIONS = ("fp32", "bf16")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; saved resolved as ``config.json``."""
+
+    process: str = "rectified-flow"
+    process_options: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "digits"
+    data_dir: str | None = None
+    model: dict[str, Any] = field(default_factory=dict)
+    steps: int = 2000
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.0
+    warmup_steps: int = 100
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "fp32"
+    log_every: int = 50
+    sample_every: int = 500
+    sample_steps: int = 20
+
+    def validate(self) -> TrainConfig:
+        for name in ("steps", "batch_size", "log_every", "sample_steps"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise GenflowError(f"{name} must be a whole number >= 1, not {getattr(self, name)!r}")
+        if self.sample_every < 0 or self.warmup_steps < 0:
+            raise GenflowError("sample_every and warmup_steps must be >= 0")
+        if not self.lr > 0:
+            raise GenflowError(f"lr must be positive, not {self.lr!r}")
+        if not 0 <= self.ema_decay < 1:
+            raise GenflowError(f"ema_decay must be in [0, 1), not {self.ema_decay!r}")
+        if self.device not in DEVICES:
+            raise GenflowError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise GenflowError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
+        known = [f.name for f in dataclasses.fields(cls)]
+        for key in values:
+            if key not in known:
+                raise GenflowError(f"unknown key {key!r} in {source}; {did_you_mean(key, known)}")
+        return cls(**values)
+
+
+def preset_path(name_or_path: str) -> Path:
+    """A preset by process name (``genflow/configs/<name>.toml``) or a TOML file path."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        if not path.is_file():
+            raise GenflowError(f"config file {path} does not exist")
+        return path
+    preset = PRESET_DIR / f"{name_or_path}.toml"
+    if not preset.is_file():
+        names = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+        raise GenflowError(f"no preset {name_or_path!r}; {did_you_mean(name_or_path, names)}, or give a .toml path")
+    return preset
+
+
+def read_preset(name_or_path: str) -> dict[str, Any]:
+    path = preset_path(name_or_path)
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise GenflowError(f"cannot read config {path}: {error}") from None
+
+
+def resolve_config(config_file: str | None, process: str | None, overrides: dict[str, Any]) -> TrainConfig:
+    """Preset (``config_file``, else the preset of ``process``, else rectified-flow's), then
+    ``overrides`` (flags given on the command line; ``None`` values mean not given)."""
+    values = read_preset(config_file or process or "rectified-flow")
+    if process is not None and process != values.get("process", process):
+        values = {"process": process}  # another process's preset options would not apply
+    values.update({k: v for k, v in overrides.items() if v is not None and k != "process_options"})
+    values["process_options"] = {**values.get("process_options", {}), **overrides.get("process_options", {})}
+    if process is not None:
+        values["process"] = process
+    return TrainConfig.from_dict(values, source=config_file or "preset").validate()
