@@ -1,0 +1,170 @@
+"""The genflow command: train, sample in every format, presets, errors, through Typer's
+runner and as a real subprocess."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from genflow.cli import app
+
+TINY_PRESET = """
+process = "rectified-flow"
+steps = 500
+batch_size = 32
+lr = 3e-3
+warmup_steps = 5
+log_every = 5
+sample_every = 20
+sample_steps = 4
+
+[model]
+block_channels = [16, 32]
+attention = [false, false]
+norm_groups = 8
+"""
+
+
+def invoke(*args: str):
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def run_genflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "genflow", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("presets") / "tiny.toml"
+    path.write_text(TINY_PRESET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory, preset) -> Path:
+    out = tmp_path_factory.mktemp("runs") / "tiny"
+    result = invoke("train", "--config", preset, "--steps", "60", "--seed", "1", "--out", out)
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def test_train_writes_a_complete_run_and_flags_override_the_preset(run_dir):
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["train"]["steps"] == 60 and config["train"]["batch_size"] == 32  # flag over preset, preset over default
+    assert config["model"]["block_channels"] == [16, 32]
+    assert config["process"] == {"name": "rectified-flow", "options": {"prediction": "velocity", "time_sampling": "uniform"}}
+    assert {"ema.safetensors", "model.safetensors", "metrics.jsonl"} <= {p.name for p in run_dir.iterdir()}
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == ["step-000020.png", "step-000040.png", "step-000060.png"]
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == list(range(5, 61, 5))
+    assert set(records[0]) == {"step", "loss", "lr", "seconds"}
+    early, late = np.mean([r["loss"] for r in records[:3]]), np.mean([r["loss"] for r in records[-3:]])
+    assert late < 0.8 * early, (early, late)
+    assert not list(run_dir.rglob("*.pt")) and not list(run_dir.rglob("*.pkl"))
+
+
+def test_sample_writes_every_format(run_dir, tmp_path):
+    grid = tmp_path / "grid.png"
+    assert invoke("sample", run_dir, "--n", "9", "--steps", "3", "--out", grid).exit_code == 0
+    assert Image.open(grid).size == (3 * 9 + 1, 3 * 9 + 1)  # 3x3 grid of 8x8 images with 1-pixel padding
+    array = tmp_path / "samples.npz"
+    assert invoke("sample", run_dir, "--n", "5", "--steps", "3", "--out", array).exit_code == 0
+    stored = np.load(array)["arr_0"]
+    assert stored.dtype == np.uint8 and stored.shape == (5, 8, 8, 1)
+    folder = tmp_path / "pngs"
+    assert invoke("sample", run_dir, "--n", "4", "--steps", "3", "--out", folder).exit_code == 0
+    assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.png" for i in range(4)]
+
+
+def test_json_output_is_one_object(run_dir, tmp_path):
+    result = invoke("sample", run_dir, "--solver", "heun", "--steps", "4", "--grid", "karras", "--n", "4", "--out", tmp_path / "h.png", "--json")
+    record = json.loads(result.stdout)
+    assert record["solver"] == "heun" and record["grid"] == "karras" and record["steps"] == 4 and record["nfe"] == 7
+    assert record["process"] == "rectified-flow" and record["seconds"] > 0
+
+
+def test_same_seed_same_samples_at_two_batch_sizes(run_dir, tmp_path):
+    for name, batch in (("a.npz", "2"), ("b.npz", "7")):
+        invoke("sample", run_dir, "--solver", "ancestral", "--steps", "5", "--n", "7", "--seed", "3", "--batch-size", batch, "--out", tmp_path / name)
+    a, b = np.load(tmp_path / "a.npz")["arr_0"], np.load(tmp_path / "b.npz")["arr_0"]
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # uint8 rounding of float-identical samples
+    invoke("sample", run_dir, "--solver", "ancestral", "--steps", "5", "--n", "7", "--seed", "4", "--out", tmp_path / "c.npz")
+    assert not np.array_equal(a, np.load(tmp_path / "c.npz")["arr_0"])
+
+
+def expect_usage_error(result, *fragments: str) -> None:
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "Traceback" not in result.output and len(message.splitlines()) == 1, message
+    for fragment in fragments:
+        assert fragment in message, message
+
+
+def test_bad_input_gets_one_line_and_exit_2(run_dir, preset, tmp_path):
+    expect_usage_error(invoke("sample", tmp_path / "nope"), "does not exist")
+    expect_usage_error(invoke("sample", tmp_path), "not a genflow run")
+    expect_usage_error(invoke("sample", run_dir, "--solver", "huen"), "did you mean 'heun'")
+    expect_usage_error(invoke("sample", run_dir, "--solver", "heun", "--eta", "0.5"), "'heun' takes no options")
+    expect_usage_error(invoke("sample", run_dir, "--solver", "euler-maruyama"), "use 'ancestral'")
+    expect_usage_error(invoke("sample", run_dir, "--grid", "karas"), "did you mean 'karras'")
+    expect_usage_error(invoke("sample", run_dir, "--steps", "0"), "steps must be")
+    expect_usage_error(invoke("sample", run_dir, "--n", "0"), "n must be >= 1")
+    expect_usage_error(invoke("sample", run_dir, "--out", tmp_path / "x.jpg"), "use a .png")
+    expect_usage_error(invoke("train", "--process", "rectified_flow"), "did you mean 'rectified-flow'")
+    expect_usage_error(invoke("train", "--process", "sde", "--coupling", "ot"), "unknown option for process 'sde'")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = [unclosed")
+    expect_usage_error(invoke("train", "--config", bad), "cannot read config")
+    bad.write_text("stepz = 3")
+    expect_usage_error(invoke("train", "--config", bad), "unknown key 'stepz'", "did you mean 'steps'")
+    expect_usage_error(invoke("train", "--config", tmp_path / "missing.toml"), "does not exist")
+    expect_usage_error(invoke("train", "--config", preset, "--steps", "1", "--out", run_dir), "--overwrite")
+
+
+def test_existing_output_is_kept_unless_overwrite(run_dir, tmp_path):
+    out = tmp_path / "keep.png"
+    out.write_bytes(b"precious")
+    expect_usage_error(invoke("sample", run_dir, "--steps", "2", "--out", out), "--overwrite")
+    assert out.read_bytes() == b"precious"
+    assert invoke("sample", run_dir, "--steps", "2", "--out", out, "--overwrite").exit_code == 0
+    assert out.read_bytes() != b"precious"
+
+
+def test_a_pickle_is_refused_where_safetensors_is_expected(run_dir, tmp_path):
+    copy = tmp_path / "run"
+    copy.mkdir()
+    (copy / "config.json").write_text((run_dir / "config.json").read_text())
+    (copy / "ema.safetensors").write_bytes(pickle.dumps({"weight": torch.zeros(3)}))
+    expect_usage_error(invoke("sample", copy), "not a valid safetensors file")
+
+
+def test_subprocess_train_latest_sample_and_errors(preset, tmp_path):
+    trained = run_genflow("train", "--config", preset, "--steps", "5", "--sample-every", "0", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr
+    assert (tmp_path / "runs" / "latest" / "ema.safetensors").is_file()
+    sampled = run_genflow("sample", "--steps", "2", "--n", "4", "--json", cwd=tmp_path)
+    assert sampled.returncode == 0, sampled.stderr
+    record = json.loads(sampled.stdout)
+    assert Path(tmp_path / record["out"]).is_file() or Path(record["out"]).is_file()
+    failed = run_genflow("sample", "missing-run", cwd=tmp_path)
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert failed.stderr.strip().startswith("genflow: error:") and len(failed.stderr.strip().splitlines()) == 1
+    version = run_genflow("--version")
+    assert version.returncode == 0 and version.stdout.startswith("genflow ")
+
+
+def test_list_names_every_component():
+    import genflow
+
+    output = invoke("list").stdout
+    for name in genflow.PROCESSES.names() + genflow.SOLVERS.names() + genflow.GRIDS.names():
+        assert name in output
