@@ -10,7 +10,7 @@ import functools
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -49,7 +49,7 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[Optional[bool], typer.Option("--version", callback=show_version, is_eager=True, help="Print the version.")] = None,
+    version: Annotated[bool | None, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version.")] = None,
 ) -> None:
     """Train, sample and compare diffusion and flow models."""
 
@@ -73,63 +73,60 @@ def parse_assignments(assignments: list[str]) -> dict[str, object]:
 @app.command()
 @fails_cleanly
 def train(
-    process: Annotated[Optional[str], typer.Option(help="Process: ddpm, ddim, sde, rectified-flow, cnf.")] = None,
-    config: Annotated[Optional[str], typer.Option("--config", help="Preset name or TOML file; flags override it.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="digits (embedded), mnist, fashion-mnist, cifar10, or an image folder.")] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Where torchvision's dataset files are (never downloaded).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per step.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed for weights, data order and noise.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 (autocast).")] = None,
-    sample_every: Annotated[Optional[int], typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
-    schedule: Annotated[Optional[str], typer.Option(help="ddpm/ddim beta schedule: linear or cosine.")] = None,
-    sde: Annotated[Optional[str], typer.Option(help="sde variant: vp, ve or subvp.")] = None,
-    coupling: Annotated[Optional[str], typer.Option(help="cnf coupling: independent or ot.")] = None,
-    time_sampling: Annotated[Optional[str], typer.Option(help="rectified-flow training times: uniform or logit-normal.")] = None,
-    prediction: Annotated[Optional[str], typer.Option(help="Network output: eps, x0, v or velocity.")] = None,
-    option: Annotated[Optional[list[str]], typer.Option("--option", "-o", help="Any other process option, key=value.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="Run directory (default runs/<time>-<process>).")] = None,
+    process: Annotated[str | None, typer.Option(help="Process: ddpm, ddim, sde, rectified-flow, cnf.")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Preset name or TOML file; flags override it.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="digits (embedded), mnist, fashion-mnist, cifar10, or an image folder.")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where torchvision's dataset files are (never downloaded).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights, data order and noise.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    sample_every: Annotated[int | None, typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
+    schedule: Annotated[str | None, typer.Option(help="ddpm/ddim beta schedule: linear or cosine.")] = None,
+    sde: Annotated[str | None, typer.Option(help="sde variant: vp, ve or subvp.")] = None,
+    coupling: Annotated[str | None, typer.Option(help="cnf coupling: independent or ot.")] = None,
+    time_sampling: Annotated[str | None, typer.Option(help="rectified-flow training times: uniform or logit-normal.")] = None,
+    prediction: Annotated[str | None, typer.Option(help="Network output: eps, x0, v or velocity.")] = None,
+    option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Any other process option, key=value.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<time>-<process>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow --out to be an existing, non-empty directory.")] = False,
 ) -> None:
     """Train the shared UNet under a process (rectified flow on the embedded digits by default)."""
     named = {"beta_schedule": schedule, "sde": sde, "coupling": coupling, "time_sampling": time_sampling, "prediction": prediction}
     process_options = {k: v for k, v in named.items() if v is not None} | parse_assignments(option or [])
-    overrides = dict(
-        dataset=dataset, data_dir=data_dir, steps=steps, batch_size=batch_size, lr=lr, seed=seed, device=device,
-        precision=precision, sample_every=sample_every, process_options=process_options,
-    )  # fmt: skip
+    overrides = {
+        "dataset": dataset, "data_dir": data_dir, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "device": device, "precision": precision, "sample_every": sample_every, "process_options": process_options,
+    }  # fmt: skip
     resolved = resolve_config(config, process, overrides)
     run_dir = api.train(resolved, out, overwrite, reporter_for())
     print(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")
 
 
-SOLVER_FLAGS = ("eta", "rtol", "atol", "snr", "corrector_steps")
-
-
 @app.command()
 @fails_cleanly
 def sample(
-    run: Annotated[Optional[str], typer.Argument(help="Run directory (default runs/latest).")] = None,
-    solver: Annotated[Optional[str], typer.Option(help="Solver (default: the process's own).")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Solver steps (default 20; adaptive solvers: 1).")] = None,
-    grid: Annotated[Optional[str], typer.Option(help="Time grid: uniform, karras or logsnr.")] = None,
+    run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None,
+    solver: Annotated[str | None, typer.Option(help="Solver (default: the process's own).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Solver steps (default 20; adaptive solvers: 1).")] = None,
+    grid: Annotated[str | None, typer.Option(help="Time grid: uniform, karras or logsnr.")] = None,
     n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 64,
     seed: Annotated[int, typer.Option(help="Sample i uses seed + i, at any batch size.")] = 0,
-    batch_size: Annotated[Optional[int], typer.Option(help="Samples per network call (never changes the samples).")] = None,
-    out: Annotated[Optional[Path], typer.Option(help=".png grid, .npz uint8 NHWC array (arr_0), or a directory of PNGs.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per network call (never changes the samples).")] = None,
+    out: Annotated[Path | None, typer.Option(help=".png grid, .npz uint8 NHWC array (arr_0), or a directory of PNGs.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
-    eta: Annotated[Optional[float], typer.Option(help="ddim/ancestral noise: 0 DDIM, 1 DDPM.")] = None,
-    rtol: Annotated[Optional[float], typer.Option(help="dopri5 relative tolerance.")] = None,
-    atol: Annotated[Optional[float], typer.Option(help="dopri5 absolute tolerance.")] = None,
-    snr: Annotated[Optional[float], typer.Option(help="pc Langevin signal-to-noise ratio.")] = None,
-    corrector_steps: Annotated[Optional[int], typer.Option(help="pc Langevin steps per time.")] = None,
+    eta: Annotated[float | None, typer.Option(help="ddim/ancestral noise: 0 DDIM, 1 DDPM.")] = None,
+    rtol: Annotated[float | None, typer.Option(help="dopri5 relative tolerance.")] = None,
+    atol: Annotated[float | None, typer.Option(help="dopri5 absolute tolerance.")] = None,
+    snr: Annotated[float | None, typer.Option(help="pc Langevin signal-to-noise ratio.")] = None,
+    corrector_steps: Annotated[int | None, typer.Option(help="pc Langevin steps per time.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
 ) -> None:
     """Sample a trained run with any solver and write the samples."""
-    given = dict(eta=eta, rtol=rtol, atol=atol, snr=snr, corrector_steps=corrector_steps)
+    given = {"eta": eta, "rtol": rtol, "atol": atol, "snr": snr, "corrector_steps": corrector_steps}
     options = {k: v for k, v in given.items() if v is not None}
     loaded = api.load(run, device)
     images, stats = api.sample_run(loaded, n, solver, steps, grid, seed, batch_size, **options)
@@ -163,7 +160,7 @@ def list_components() -> None:
 
 @app.command()
 @fails_cleanly
-def info(run: Annotated[Optional[str], typer.Argument(help="Run directory (default runs/latest).")] = None) -> None:
+def info(run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None) -> None:
     """Show a run's process, model, training config and last logged loss."""
     loaded = api.load(run, device="cpu")
     train_config = loaded.config["train"]

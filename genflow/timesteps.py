@@ -59,7 +59,7 @@ def _ramp(steps: int, process: GaussianProcess, warp: Callable[[Tensor], Tensor]
     times, with ``times[0]`` set to 1. The bottom is the noise level at ``t_min`` (at least
     EDM's 0.002) followed by a final step to t = 0, or, where the data end itself has a
     positive noise level (VE), t = 0 itself."""
-    level = lambda t: float(noise_level(process, torch.tensor(t, dtype=torch.float64)))  # noqa: E731
+    level = lambda t: float(noise_level(process, torch.tensor(t, dtype=torch.float64)))
     top = min(level(1.0), NOISE_LEVEL_MAX)
     bottom = max(level(process.t_min), NOISE_LEVEL_MIN)
     ends_at_data = process.t_min == 0 and level(0.0) >= bottom

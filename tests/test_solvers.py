@@ -7,14 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import energy_distance, four_blobs
 
 import genflow
 from genflow import SOLVERS, GenflowError, IncompatibleError, UnknownNameError, make_process
 from genflow.solvers import BoundModel
 from genflow.timesteps import make_grid
 from genflow.toy import GaussianMixture
-
-from conftest import energy_distance, four_blobs
 
 N_SAMPLES = 2000
 
@@ -50,7 +49,7 @@ def single_gaussian_endpoint(process, x1: torch.Tensor, mean: torch.Tensor, std:
     each point's standardized offset, ``x_t = alpha_t mean + sqrt(V_t / V_1) (x_1 - alpha_1 mean)``
     with ``V_t = alpha_t^2 std^2 + sigma_t^2``."""
     c1, c0 = process.coefficients(1.0), process.coefficients(0.0)
-    variance = lambda c: c.alpha**2 * std**2 + c.sigma**2  # noqa: E731
+    variance = lambda c: c.alpha**2 * std**2 + c.sigma**2
     return c0.alpha * mean + math.sqrt(variance(c0) / variance(c1)) * (x1 - c1.alpha * mean)
 
 
@@ -128,8 +127,8 @@ def test_ddim_matches_diffusers_ddim_scheduler(spacing):
 
 
 def test_ancestral_on_ddpm_matches_diffusers_ddpm_scheduler(monkeypatch):
-    import diffusers.schedulers.scheduling_ddpm as scheduling_ddpm
     from diffusers import DDPMScheduler
+    from diffusers.schedulers import scheduling_ddpm
 
     drawn = []
 
@@ -197,7 +196,7 @@ def test_solver_options_are_checked_before_sampling():
     def never_called(x, t):
         raise AssertionError("sampling started despite a bad option")
 
-    sample = lambda **kw: genflow.sample(never_called, process, shape=(2, 2), **kw)  # noqa: E731
+    sample = lambda **kw: genflow.sample(never_called, process, shape=(2, 2), **kw)
     with pytest.raises(UnknownNameError, match="did you mean 'eta'"):
         sample(solver="ddim", etta=0.5)
     with pytest.raises(GenflowError, match="'heun' takes no options, but 'eta' was given"):
