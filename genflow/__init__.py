@@ -19,6 +19,7 @@ Usage::
 """
 
 from genflow.errors import GenflowError, IncompatibleError, UnknownNameError
+from genflow.likelihood import log_likelihood
 from genflow.processes import PROCESSES, GaussianProcess, Schedule, make_process
 from genflow.sampling import SamplingStats, sample
 from genflow.solvers import SOLVERS, BoundModel, NoiseSource
@@ -40,6 +41,7 @@ __all__ = [
     "UnknownNameError",
     "__version__",
     "make_grid",
+    "log_likelihood",
     "make_process",
     "sample",
 ]

@@ -61,10 +61,28 @@ def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False,
         images = genflow.sample(ema, process, shape=(GRID_SAMPLES, *data.shape[1:]), steps=config.sample_steps, seed=0, device=device)
         save_samples(images, run_dir / "samples" / f"step-{step:06d}.png", overwrite=True)
 
-    train_loop(config, process, model, data.to(device), run_dir, reporter or SilentReporter(), sample_grid)
+    evaluate = training_evaluator(config, process, data, device) if config.eval_every else None
+    train_loop(config, process, model, data.to(device), run_dir, reporter or SilentReporter(), sample_grid, evaluate)
     if out is None or run_dir.parent == DEFAULT_RUNS:
         point_latest(run_dir.parent, run_dir)
     return run_dir
+
+
+def training_evaluator(config: TrainConfig, process: GaussianProcess, data: Tensor, device: torch.device):
+    """Frechet distance (and its floor) of ``eval_n`` EMA samples with the process's default
+    solver at ``sample_steps``, for ``--eval-every``."""
+    from genflow.metrics import evaluate, load_digits_classifier
+
+    if config.dataset != "digits":
+        raise GenflowError("--eval-every needs the digits' shipped classifier; other datasets are not supported yet")
+    classifier = load_digits_classifier()
+
+    def scores(ema: torch.nn.Module) -> dict:
+        images = genflow.sample(ema, process, shape=(config.eval_n, *data.shape[1:]), steps=config.sample_steps, seed=0, device=device)
+        report = evaluate(images.cpu(), data, classifier)
+        return {"fd": report.fd, "fd_floor": report.fd_floor, "kid": report.kid}
+
+    return scores
 
 
 def run_record(config: TrainConfig, process: GaussianProcess, unet: UNetConfig, version: str) -> dict:
@@ -169,3 +187,44 @@ def save_samples(images: Tensor, out: Path, overwrite: bool = False) -> Path:
     except OSError as error:
         raise GenflowError(f"cannot write {out}: {error.strerror or error}") from None
     return out
+
+
+def real_data(loaded: LoadedRun) -> Tensor:
+    train_config = loaded.config["train"]
+    return load_dataset(train_config["dataset"], train_config.get("data_dir"))
+
+
+def feature_classifier(loaded: LoadedRun) -> torch.nn.Module:
+    """The shipped digits classifier; other datasets have none yet."""
+    from genflow.metrics import load_digits_classifier
+
+    if loaded.config["train"]["dataset"] != "digits":
+        raise GenflowError("genflow eval ships a feature classifier for the digits only; other datasets are not supported yet")
+    return load_digits_classifier()
+
+
+def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: int | None = None, grid: str | None = None,
+                 seed: int = 0, batch_size: int | None = None, **solver_options: float) -> dict:  # fmt: skip
+    """Sample ``n`` images and score them against the real data, floors included."""
+    from genflow.metrics import evaluate
+
+    classifier, real = feature_classifier(loaded), real_data(loaded)
+    images, stats = sample_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options)
+    report = evaluate(images, real, classifier, seed=seed)
+    return {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
+            "seconds": round(stats.seconds, 4), **report.to_dict()}  # fmt: skip
+
+
+def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, method: str = "dopri5") -> dict:
+    """Bits per dimension of ``n`` real images, uniformly dequantized at the data's levels."""
+    from genflow.likelihood import bits_per_dim, dequantize, log_likelihood
+
+    real = real_data(loaded)
+    levels = 17 if loaded.config["train"]["dataset"] == "digits" else 256
+    generator = torch.Generator().manual_seed(seed)
+    chosen = real[torch.randperm(len(real), generator=generator)[:n]]
+    x, width = dequantize(chosen, levels, generator)
+    device = next(loaded.model.parameters()).device
+    log_px = log_likelihood(loaded.model, loaded.process, x.to(device), method=method, seed=seed).cpu()
+    bpd = bits_per_dim(log_px, x[0].numel(), width)
+    return {"nll_bits_per_dim": float(bpd.mean()), "nll_n": n, "nll_levels": levels}

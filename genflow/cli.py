@@ -84,6 +84,7 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
     sample_every: Annotated[int | None, typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
+    eval_every: Annotated[int | None, typer.Option(help="Log the Frechet distance to metrics.jsonl every N steps (digits).")] = None,
     schedule: Annotated[str | None, typer.Option(help="ddpm/ddim beta schedule: linear or cosine.")] = None,
     sde: Annotated[str | None, typer.Option(help="sde variant: vp, ve or subvp.")] = None,
     coupling: Annotated[str | None, typer.Option(help="cnf coupling: independent or ot.")] = None,
@@ -98,7 +99,8 @@ def train(
     process_options = {k: v for k, v in named.items() if v is not None} | parse_assignments(option or [])
     overrides = {
         "dataset": dataset, "data_dir": data_dir, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "device": device, "precision": precision, "sample_every": sample_every, "process_options": process_options,
+        "device": device, "precision": precision, "sample_every": sample_every, "eval_every": eval_every,
+        "process_options": process_options,
     }  # fmt: skip
     resolved = resolve_config(config, process, overrides)
     run_dir = api.train(resolved, out, overwrite, reporter_for())
@@ -142,6 +144,70 @@ def sample(
         print(json.dumps(result))
     else:
         print(f"{stats.solver} on {loaded.process.name}: {stats.steps} steps ({stats.grid}), NFE {stats.nfe:g}, {stats.seconds:.2f} s -> {out}")
+
+
+def solver_options_given(**given: float | None) -> dict[str, float]:
+    return {k: v for k, v in given.items() if v is not None}
+
+
+@app.command("eval")
+@fails_cleanly
+def evaluate(
+    run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None,
+    solver: Annotated[str | None, typer.Option(help="Solver (default: the process's own).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Solver steps.")] = None,
+    grid: Annotated[str | None, typer.Option(help="Time grid: uniform, karras or logsnr.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples to score (at most half the real data).")] = 898,
+    seed: Annotated[int, typer.Option(help="Seed for samples and the real-data split.")] = 0,
+    batch_size: Annotated[int | None, typer.Option(help="Samples per network call.")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    eta: Annotated[float | None, typer.Option(help="ddim/ancestral noise.")] = None,
+    nll: Annotated[bool, typer.Option("--nll", help="Also the negative log-likelihood in bits/dim (probability-flow ODE).")] = False,
+    nll_n: Annotated[int, typer.Option(help="Real images for --nll.")] = 128,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
+) -> None:
+    """Score a run's samples: Frechet distance and KID beside their real-data floors,
+    precision, recall, memorization, and optionally NLL in bits/dim."""
+    loaded = api.load(run, device)
+    result = {"run": str(loaded.path), "process": loaded.process.name}
+    result |= api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options_given(eta=eta))
+    if nll:
+        result |= api.negative_log_likelihood(loaded, nll_n, seed)
+    if as_json:
+        print(json.dumps(result))
+        return
+    table = Table(title=f"{loaded.path} ({loaded.process.name}, {result['solver']}, {result['steps']} steps, NFE {result['nfe']:g})")
+    table.add_column("metric")
+    table.add_column("score", justify="right")
+    table.add_column("real-data floor", justify="right")
+    table.add_row("Frechet distance", f"{result['fd']:.3f}", f"{result['fd_floor']:.3f}")
+    table.add_row("KID", f"{result['kid']:.4f}", f"{result['kid_floor']:.4f}")
+    table.add_row("precision / recall", f"{result['precision']:.3f} / {result['recall']:.3f}", "")
+    table.add_row("memorized", f"{result['memorized']:.3f}", "~0.01")
+    if nll:
+        table.add_row("NLL (bits/dim)", f"{result['nll_bits_per_dim']:.3f}", "")
+    out_console.print(table)
+
+
+@app.command()
+@fails_cleanly
+def sweep(
+    runs: Annotated[list[str], typer.Argument(help="Run directories to compare.")],
+    solvers: Annotated[str, typer.Option(help="Comma-separated solvers.")] = "euler,heun,dpm++2m",
+    steps: Annotated[str, typer.Option(help="Comma-separated step counts.")] = "1,2,4,8,16,32",
+    grid: Annotated[str | None, typer.Option(help="Time grid for every run.")] = None,
+    n: Annotated[int, typer.Option("--n", help="Samples per point.")] = 898,
+    seed: Annotated[int, typer.Option(help="The same seeds for every point.")] = 0,
+    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    out: Annotated[Path, typer.Option(help="Directory for sweep.csv, sweep.jsonl and sweep.png.")] = Path("sweep"),
+    overwrite: Annotated[bool, typer.Option(help="Replace existing sweep files in --out.")] = False,
+) -> None:
+    """Sample every run x solver x steps with the same seeds; write a table and a plot of
+    Frechet distance against NFE with the real-data floor."""
+    from genflow.sweeps import parse_list, run_sweep
+
+    rows = run_sweep(runs, parse_list(solvers, str), parse_list(steps, int), grid, n, seed, device, out, overwrite, progress=sys.stderr)
+    print(f"{len(rows)} points -> {out / 'sweep.csv'}, {out / 'sweep.jsonl'}, {out / 'sweep.png'}")
 
 
 @app.command("list")

@@ -44,13 +44,15 @@ class TrainConfig:
     log_every: int = 50
     sample_every: int = 500
     sample_steps: int = 20
+    eval_every: int = 0
+    eval_n: int = 512
 
     def validate(self) -> TrainConfig:
         for name in ("steps", "batch_size", "log_every", "sample_steps"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise GenflowError(f"{name} must be a whole number >= 1, not {getattr(self, name)!r}")
-        if self.sample_every < 0 or self.warmup_steps < 0:
-            raise GenflowError("sample_every and warmup_steps must be >= 0")
+        if self.sample_every < 0 or self.warmup_steps < 0 or self.eval_every < 0:
+            raise GenflowError("sample_every, eval_every and warmup_steps must be >= 0")
         if not self.lr > 0:
             raise GenflowError(f"lr must be positive, not {self.lr!r}")
         if not 0 <= self.ema_decay < 1:

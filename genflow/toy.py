@@ -36,14 +36,17 @@ class GaussianMixture:
         noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[components] + self.std * noise
 
-    def posterior_mean(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> Tensor:
-        """``E[x0 | x_t = x]`` for per-sample ``alpha``, ``sigma`` of shape ``(B, 1)``."""
+    def posterior(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+        """``(E[x0 | x_t = x], E[eps | x_t = x])`` for per-sample ``alpha``, ``sigma`` of shape
+        ``(B, 1)``. The noise is ``sigma sum_k r_k (x - alpha mu_k) / v`` with
+        ``v = alpha^2 s^2 + sigma^2``, which stays finite where sigma = 0."""
         variance = alpha**2 * self.std**2 + sigma**2  # (B, 1)
         offsets = x[:, None, :] - alpha[:, :, None] * self.means[None]  # (B, K, D)
         log_resp = torch.log(self.weights)[None] - 0.5 * (offsets**2).sum(-1) / variance
-        resp = torch.softmax(log_resp, dim=1)  # (B, K)
-        component_means = self.means[None] + (alpha * self.std**2 / variance)[:, :, None] * offsets
-        return (resp[:, :, None] * component_means).sum(1)
+        resp = torch.softmax(log_resp, dim=1)[:, :, None]  # (B, K, 1)
+        scaled = (resp * offsets).sum(1) / variance  # sum_k r_k (x - alpha mu_k) / v
+        x0 = (resp * self.means[None]).sum(1) + alpha * self.std**2 * scaled
+        return x0, sigma * scaled
 
     def log_prob(self, x: Tensor, alpha: float = 1.0, sigma: float = 0.0) -> Tensor:
         """Log density of ``x_t`` (of the data at the default ``alpha = 1, sigma = 0``)."""
@@ -59,8 +62,7 @@ class GaussianMixture:
         def model(x: Tensor, t: Tensor) -> Tensor:
             s = process.schedule(t.to(torch.float64)).broadcast_to(x.to(torch.float64))
             xd = x.to(torch.float64)
-            x0 = self.posterior_mean(xd, s.alpha, s.sigma)
-            eps = (xd - s.alpha * x0) / s.sigma
+            x0, eps = self.posterior(xd, s.alpha, s.sigma)
             return from_x0_eps(process.prediction, x0, eps, s).to(x.dtype)
 
         return model

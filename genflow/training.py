@@ -88,8 +88,10 @@ def train_loop(
     run_dir: Path,
     reporter: Reporter,
     sample_grid: Callable[[nn.Module, int], None],
+    evaluate: Callable[[nn.Module], dict] | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place; returns its EMA copy. Writes metrics.jsonl and the weights."""
+    """Train ``model`` in place; returns its EMA copy. Writes metrics.jsonl (loss lines, and
+    ``evaluate(ema)``'s scores every ``eval_every`` steps) and the weights."""
     device = next(model.parameters()).device
     if config.batch_size > len(data):
         raise GenflowError(f"batch_size {config.batch_size} is larger than the dataset ({len(data)} images)")
@@ -124,6 +126,11 @@ def train_loop(
                 reporter.step(step, value, lr)
             if config.sample_every and step % config.sample_every == 0 and step != config.steps:
                 sample_grid(ema, step)
+            if evaluate is not None and config.eval_every and step % config.eval_every == 0:
+                scores = evaluate(ema)
+                metrics.write(json.dumps({"step": step, **scores}) + "\n")
+                metrics.flush()
+                reporter.note(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     sample_grid(ema, config.steps)
     save_weights(run_dir / RAW_WEIGHTS, model.unet)
     save_weights(run_dir / EMA_WEIGHTS, ema.unet)

@@ -1,0 +1,165 @@
+"""Metrics, likelihood and sweeps: closed forms, orderings, determinism, the CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from sklearn.datasets import load_digits as sklearn_digits
+from sklearn.model_selection import train_test_split
+
+import genflow
+from genflow import api
+from genflow.config import TrainConfig
+from genflow.data import load_digits
+from genflow.likelihood import bits_per_dim, dequantize, log_likelihood
+from genflow.metrics import (
+    DIGITS_CLASSIFIER_CARD,
+    extract_features,
+    frechet_distance,
+    kernel_distance,
+    load_digits_classifier,
+    memorization,
+    precision_recall,
+)
+from genflow.toy import GaussianMixture
+
+from conftest import PROCESS_CONFIGS, PROCESS_IDS
+from test_cli import expect_usage_error, invoke
+
+
+@pytest.mark.parametrize("name, options", PROCESS_CONFIGS, ids=PROCESS_IDS)
+def test_likelihood_of_gaussian_data_is_the_closed_form(name, options):
+    """Under the exact model the flow maps N(mu, s^2) at t_min to the prior; the ODE's
+    log-density must match the Gaussian's (up to the prior's N(0, sigma(1)^2) approximation)."""
+    process = genflow.make_process(name, **options)
+    data = GaussianMixture([[1.0, -0.5, 0.3]], std=0.5)
+    x = data.sample(48, torch.Generator().manual_seed(0))
+    c = process.coefficients(process.t_min)
+    exact = data.log_prob(x, c.alpha, c.sigma)
+    ours = log_likelihood(data.exact_model(process), process, x)
+    assert ours.shape == (48,)
+    assert float((ours - exact).abs().mean()) / 3 < 0.01
+    assert abs(float(ours.mean() - exact.mean())) / 3 < 0.002
+
+
+def test_hutchinson_estimate_is_unbiased_and_heun_agrees():
+    process = genflow.make_process("rectified-flow")
+    data = GaussianMixture([[1.0, -1.0, 0.0, 2.0], [-1.0, 1.0, 0.5, -2.0]], std=0.4)
+    x = data.sample(256, torch.Generator().manual_seed(1))
+    exact = data.log_prob(x)
+    hutchinson = log_likelihood(data.exact_model(process), process, x, divergence="hutchinson")
+    heun = log_likelihood(data.exact_model(process), process, x, method="heun", steps=50)
+    assert abs(float(hutchinson.mean() - exact.mean())) / 4 < 0.01
+    assert float((hutchinson - exact).abs().mean()) > float((heun - exact).abs().mean())  # single-probe noise is real
+    assert float((heun - exact).abs().mean()) / 4 < 0.01
+
+
+def test_bits_per_dim_of_uniform_levels_is_log2_levels():
+    """A density uniform over K bins of width w: log p = -D log(K w), so bpd = log2 K."""
+    levels, dims = 17, 64
+    x, width = dequantize(torch.zeros(10, dims), levels, torch.Generator().manual_seed(0))
+    assert width == pytest.approx(2 / 16)
+    assert float((x.abs() <= width / 2).float().mean()) == 1.0
+    log_px = torch.full((10,), -dims * math.log(levels * width))
+    torch.testing.assert_close(bits_per_dim(log_px, dims, width), torch.full((10,), math.log2(levels)))
+
+
+def test_shipped_classifier_matches_its_card():
+    card = json.loads(DIGITS_CLASSIFIER_CARD.read_text())
+    classifier = load_digits_classifier()  # checks the sha256
+    digits = sklearn_digits()
+    _, test_idx = train_test_split(range(len(digits.target)), test_size=0.25, stratify=digits.target, random_state=0)
+    images = load_digits()[test_idx]
+    with torch.no_grad():
+        accuracy = float((classifier(images).argmax(1) == torch.from_numpy(digits.target[test_idx])).float().mean())
+    assert accuracy == pytest.approx(card["test_accuracy"], abs=1e-4) and accuracy > 0.95
+
+
+def test_frechet_distance_closed_form_and_kid_near_zero_for_one_distribution():
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(4000, 3, generator=generator, dtype=torch.float64)
+    b = torch.randn(4000, 3, generator=generator, dtype=torch.float64) * 2 + 1
+    # N(0, I) vs N(1, 4 I): |mu|^2 + tr(I + 4I - 2 * 2I) = 3 + 3
+    assert frechet_distance(a, b) == pytest.approx(6.0, rel=0.05)
+    same = torch.randn(4000, 3, generator=generator, dtype=torch.float64)
+    assert abs(kernel_distance(a, same)) < 0.01 < kernel_distance(a, b)
+
+
+def test_precision_recall_and_memorization_extremes():
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(300, 8, generator=generator, dtype=torch.float64)
+    assert precision_recall(real, real.clone()) == (1.0, 1.0)
+    assert precision_recall(real, real + 100) == (0.0, 0.0)
+    images = load_digits()[:400]
+    assert memorization(images, images) == 1.0
+    assert memorization(torch.rand(100, 1, 8, 8) * 2 - 1, images) == 0.0
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """The same tiny backbone trained 20 and 300 steps on the digits."""
+    root = tmp_path_factory.mktemp("metric-runs")
+    model = {"block_channels": [16, 32], "attention": [False, False], "norm_groups": 8}
+    runs = {}
+    for steps in (20, 300):
+        config = TrainConfig(steps=steps, batch_size=64, lr=3e-3, warmup_steps=10, sample_every=0, log_every=10, model=model)
+        runs[steps] = api.load(api.train(config, root / f"steps-{steps}"), device="cpu")
+    return runs
+
+
+def test_distances_order_real_trained_barely_trained_noise(trained_runs):
+    real, classifier = load_digits(), load_digits_classifier()
+    n = 400
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(0))
+    half_a, half_b = real[order[:n]], real[order[n : 2 * n]]
+
+    def fd(images):
+        return frechet_distance(extract_features(classifier, images), extract_features(classifier, half_a))
+
+    trained, _ = api.sample_run(trained_runs[300], n, "heun", 10)
+    barely, _ = api.sample_run(trained_runs[20], n, "heun", 10)
+    noise = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    scores = [fd(half_b), fd(trained), fd(barely), fd(noise)]
+    assert scores == sorted(scores), scores
+
+
+def test_eval_cli_prints_scores_with_floors_and_is_deterministic(trained_runs):
+    run = trained_runs[300].path
+    first = json.loads(invoke("eval", run, "--n", "200", "--steps", "4", "--solver", "euler", "--json").stdout)
+    second = json.loads(invoke("eval", run, "--n", "200", "--steps", "4", "--solver", "euler", "--json").stdout)
+    assert first == {**second, "seconds": first["seconds"]}
+    assert 0 < first["fd_floor"] < first["fd"] and first["nfe"] == 4
+    table = invoke("eval", run, "--n", "100", "--steps", "2", "--nll", "--nll-n", "4").stdout
+    assert "real-data floor" in table and "NLL (bits/dim)" in table
+    expect_usage_error(invoke("eval", run, "--n", "1000"), "at most n = 898")
+
+
+def test_nll_is_finite_and_below_uniform(trained_runs):
+    result = api.negative_log_likelihood(trained_runs[300], n=8)
+    assert 0 < result["nll_bits_per_dim"] < math.log2(17) and result["nll_levels"] == 17
+
+
+def test_sweep_writes_table_and_plot(trained_runs, tmp_path):
+    runs = [trained_runs[20].path, trained_runs[300].path]
+    result = invoke("sweep", *runs, "--solvers", "euler,euler-maruyama", "--steps", "1,2", "--n", "100", "--out", tmp_path)
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
+    assert [(r["solver"], r["steps"]) for r in rows] == [("euler", 1), ("euler", 2)] * 2  # euler-maruyama skipped for flows
+    assert (tmp_path / "sweep.csv").read_text().startswith("run,process,solver,grid,steps,nfe,seconds,fd")
+    assert (tmp_path / "sweep.png").stat().st_size > 10_000
+    assert len({r["fd_floor"] for r in rows}) == 1
+    expect_usage_error(invoke("sweep", *runs, "--steps", "1", "--out", tmp_path), "--overwrite")
+    expect_usage_error(invoke("sweep", *runs, "--steps", "one", "--out", tmp_path / "x"), "comma-separated")
+
+
+def test_eval_every_logs_the_distance(tmp_path):
+    model = {"block_channels": [16, 32], "attention": [False, False], "norm_groups": 8}
+    config = TrainConfig(steps=20, batch_size=32, sample_every=0, log_every=10, eval_every=10, eval_n=100, sample_steps=2, model=model)
+    run = api.train(config, tmp_path / "run")
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    scored = [r for r in records if "fd" in r]
+    assert [r["step"] for r in scored] == [10, 20] and all(np.isfinite(r["fd"]) and r["fd_floor"] > 0 for r in scored)
