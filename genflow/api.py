@@ -168,7 +168,7 @@ def save_samples(images: Tensor, out: Path, overwrite: bool = False) -> Path:
     from torchvision.utils import save_image
 
     suffix = out.suffix.lower()
-    if out.exists() and not overwrite and (suffix in (".png", ".npz") or any(out.iterdir())):
+    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise GenflowError(f"{out} exists; choose another --out or pass --overwrite")
     if suffix not in ("", ".png", ".npz"):
         raise GenflowError(f"unsupported output {out}: use a .png (grid), a .npz (array) or a directory")

@@ -239,8 +239,9 @@ def info(run: Annotated[str | None, typer.Argument(help="Run directory (default 
     for key in ("steps", "batch_size", "lr", "ema_decay", "seed"):
         table.add_row(key, str(train_config[key]))
     metrics = loaded.path / "metrics.jsonl"
-    if metrics.is_file() and metrics.read_text().strip():
-        last = json.loads(metrics.read_text().strip().splitlines()[-1])
+    losses = [json.loads(line) for line in metrics.read_text().splitlines() if '"loss"' in line] if metrics.is_file() else []
+    if losses:
+        last = losses[-1]
         table.add_row("last logged", f"step {last['step']}, loss {last['loss']:.4f}, {last['seconds']:.0f} s")
     out_console.print(table)
 

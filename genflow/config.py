@@ -102,8 +102,6 @@ def resolve_config(config_file: str | None, process: str | None, overrides: dict
     """Preset (``config_file``, else the preset of ``process``, else rectified-flow's), then
     ``overrides`` (flags given on the command line; ``None`` values mean not given)."""
     values = read_preset(config_file or process or "rectified-flow")
-    if process is not None and process != values.get("process", process):
-        values = {"process": process}  # another process's preset options would not apply
     values.update({k: v for k, v in overrides.items() if v is not None and k != "process_options"})
     values["process_options"] = {**values.get("process_options", {}), **overrides.get("process_options", {})}
     if process is not None:
