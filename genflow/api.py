@@ -215,8 +215,9 @@ def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: in
             "seconds": round(stats.seconds, 4), **report.to_dict()}  # fmt: skip
 
 
-def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, method: str = "dopri5") -> dict:
-    """Bits per dimension of ``n`` real images, uniformly dequantized at the data's levels."""
+def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int = 0) -> dict:
+    """Bits per dimension of ``n`` real images, uniformly dequantized at the data's levels;
+    adaptive dopri5 when ``steps`` is 0, else ``steps`` Heun steps."""
     from genflow.likelihood import bits_per_dim, dequantize, log_likelihood
 
     real = real_data(loaded)
@@ -225,6 +226,7 @@ def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, method: st
     chosen = real[torch.randperm(len(real), generator=generator)[:n]]
     x, width = dequantize(chosen, levels, generator)
     device = next(loaded.model.parameters()).device
-    log_px = log_likelihood(loaded.model, loaded.process, x.to(device), method=method, seed=seed).cpu()
+    method = "heun" if steps else "dopri5"
+    log_px = log_likelihood(loaded.model, loaded.process, x.to(device), method=method, steps=steps, seed=seed).cpu()
     bpd = bits_per_dim(log_px, x[0].numel(), width)
-    return {"nll_bits_per_dim": float(bpd.mean()), "nll_n": n, "nll_levels": levels}
+    return {"nll_bits_per_dim": float(bpd.mean()), "nll_n": n, "nll_levels": levels, "nll_method": method}

@@ -163,7 +163,8 @@ def evaluate(
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     eta: Annotated[float | None, typer.Option(help="ddim/ancestral noise.")] = None,
     nll: Annotated[bool, typer.Option("--nll", help="Also the negative log-likelihood in bits/dim (probability-flow ODE).")] = False,
-    nll_n: Annotated[int, typer.Option(help="Real images for --nll.")] = 128,
+    nll_n: Annotated[int, typer.Option(help="Real images for --nll.")] = 64,
+    nll_steps: Annotated[int, typer.Option(help="Heun steps for --nll; 0 = adaptive dopri5.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Score a run's samples: Frechet distance and KID beside their real-data floors,
@@ -172,7 +173,9 @@ def evaluate(
     result = {"run": str(loaded.path), "process": loaded.process.name}
     result |= api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options_given(eta=eta))
     if nll:
-        result |= api.negative_log_likelihood(loaded, nll_n, seed)
+        if nll_n < 1 or nll_steps < 0:
+            raise GenflowError("--nll-n must be >= 1 and --nll-steps >= 0")
+        result |= api.negative_log_likelihood(loaded, nll_n, seed, nll_steps)
     if as_json:
         print(json.dumps(result))
         return
