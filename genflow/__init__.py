@@ -40,8 +40,8 @@ __all__ = [
     "Schedule",
     "UnknownNameError",
     "__version__",
-    "make_grid",
     "log_likelihood",
+    "make_grid",
     "make_process",
     "sample",
 ]

@@ -194,11 +194,11 @@ def real_data(loaded: LoadedRun) -> Tensor:
     return load_dataset(train_config["dataset"], train_config.get("data_dir"))
 
 
-def feature_classifier(loaded: LoadedRun) -> torch.nn.Module:
+def feature_classifier(dataset: str) -> torch.nn.Module:
     """The shipped digits classifier; other datasets have none yet."""
     from genflow.metrics import load_digits_classifier
 
-    if loaded.config["train"]["dataset"] != "digits":
+    if dataset != "digits":
         raise GenflowError("genflow eval ships a feature classifier for the digits only; other datasets are not supported yet")
     return load_digits_classifier()
 
@@ -208,7 +208,7 @@ def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: in
     """Sample ``n`` images and score them against the real data, floors included."""
     from genflow.metrics import evaluate
 
-    classifier, real = feature_classifier(loaded), real_data(loaded)
+    classifier, real = feature_classifier(loaded.config["train"]["dataset"]), real_data(loaded)
     images, stats = sample_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options)
     report = evaluate(images, real, classifier, seed=seed)
     return {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
@@ -230,3 +230,28 @@ def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int
     log_px = log_likelihood(loaded.model, loaded.process, x.to(device), method=method, steps=steps, seed=seed).cpu()
     bpd = bits_per_dim(log_px, x[0].numel(), width)
     return {"nll_bits_per_dim": float(bpd.mean()), "nll_n": n, "nll_levels": levels, "nll_method": method}
+
+
+def read_samples_file(path: Path) -> Tensor:
+    """Images from an ``.npz`` holding uint8 NHWC under ``arr_0``, as NCHW floats in [-1, 1]."""
+    if not path.is_file():
+        raise GenflowError(f"samples file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            array = archive["arr_0"]
+    except (OSError, ValueError, KeyError) as error:
+        raise GenflowError(f"{path} is not an .npz with uint8 NHWC images under arr_0 ({error})") from None
+    if array.dtype != np.uint8 or array.ndim != 4:
+        raise GenflowError(f"{path}: arr_0 must be uint8 of shape (N, H, W, C), not {array.dtype} {array.shape}")
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def evaluate_samples_file(path: Path, dataset: str = "digits", seed: int = 0) -> dict:
+    """Score images made by any program against ``dataset``, floors included."""
+    from genflow.metrics import evaluate
+
+    classifier, real = feature_classifier(dataset), load_dataset(dataset)
+    images = read_samples_file(path)
+    if images.shape[1:] != real.shape[1:]:
+        raise GenflowError(f"{path} holds images of shape {tuple(images.shape[1:])}, {dataset} has {tuple(real.shape[1:])}")
+    return evaluate(images, real, classifier, seed=seed).to_dict()

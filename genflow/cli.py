@@ -165,21 +165,33 @@ def evaluate(
     nll: Annotated[bool, typer.Option("--nll", help="Also the negative log-likelihood in bits/dim (probability-flow ODE).")] = False,
     nll_n: Annotated[int, typer.Option(help="Real images for --nll.")] = 64,
     nll_steps: Annotated[int, typer.Option(help="Heun steps for --nll; 0 = adaptive dopri5.")] = 0,
+    samples: Annotated[Path | None, typer.Option(help="Score this .npz (uint8 NHWC, arr_0) instead of sampling a run.")] = None,
+    dataset: Annotated[str, typer.Option(help="Real data for --samples.")] = "digits",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
 ) -> None:
     """Score a run's samples: Frechet distance and KID beside their real-data floors,
-    precision, recall, memorization, and optionally NLL in bits/dim."""
-    loaded = api.load(run, device)
-    result = {"run": str(loaded.path), "process": loaded.process.name}
-    result |= api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options_given(eta=eta))
-    if nll:
-        if nll_n < 1 or nll_steps < 0:
-            raise GenflowError("--nll-n must be >= 1 and --nll-steps >= 0")
-        result |= api.negative_log_likelihood(loaded, nll_n, seed, nll_steps)
+    precision, recall, memorization, and optionally NLL in bits/dim. With --samples, score
+    an .npz of uint8 NHWC images (arr_0) made by any program instead."""
+    if samples is not None:
+        result = {"samples": str(samples), **api.evaluate_samples_file(samples, dataset, seed)}
+        title = f"{samples} ({result['n']} samples, {dataset})"
+    else:
+        loaded = api.load(run, device)
+        result = {"run": str(loaded.path), "process": loaded.process.name}
+        result |= api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options_given(eta=eta))
+        title = f"{loaded.path} ({loaded.process.name}, {result['solver']}, {result['steps']} steps, NFE {result['nfe']:g})"
+        if nll:
+            if nll_n < 1 or nll_steps < 0:
+                raise GenflowError("--nll-n must be >= 1 and --nll-steps >= 0")
+            result |= api.negative_log_likelihood(loaded, nll_n, seed, nll_steps)
     if as_json:
         print(json.dumps(result))
-        return
-    table = Table(title=f"{loaded.path} ({loaded.process.name}, {result['solver']}, {result['steps']} steps, NFE {result['nfe']:g})")
+    else:
+        print_scores(title, result)
+
+
+def print_scores(title: str, result: dict) -> None:
+    table = Table(title=title)
     table.add_column("metric")
     table.add_column("score", justify="right")
     table.add_column("real-data floor", justify="right")
@@ -187,7 +199,7 @@ def evaluate(
     table.add_row("KID", f"{result['kid']:.4f}", f"{result['kid_floor']:.4f}")
     table.add_row("precision / recall", f"{result['precision']:.3f} / {result['recall']:.3f}", "")
     table.add_row("memorized", f"{result['memorized']:.3f}", "~0.01")
-    if nll:
+    if "nll_bits_per_dim" in result:
         table.add_row("NLL (bits/dim)", f"{result['nll_bits_per_dim']:.3f}", "")
     out_console.print(table)
 

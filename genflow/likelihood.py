@@ -9,6 +9,7 @@ with Rademacher ``z`` (Grathwohl et al. 2019, FFJORD) otherwise. Integration is 
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 
@@ -98,7 +99,7 @@ def integrate(field: Callable, state: tuple[Tensor, Tensor], t0: float, method: 
         raise GenflowError(f"method must be dopri5 or heun, not {method!r}")
     times = torch.linspace(t0, 1.0, steps + 1, dtype=torch.float64).tolist()
     y, acc = state
-    for t, s in zip(times[:-1], times[1:], strict=True):
+    for t, s in itertools.pairwise(times):
         dy, da = field(torch.tensor(t), (y, acc))
         ey, ea = field(torch.tensor(s), (y + (s - t) * dy, acc + (s - t) * da))
         y, acc = y + (s - t) * 0.5 * (dy + ey), acc + (s - t) * 0.5 * (da + ea)

@@ -68,8 +68,8 @@ def sample(
     """
     process = make_process(process) if isinstance(process, str) else process
     spec = SOLVERS.get(solver or process.default_solver)
-    spec.check_process(process)
     options = spec.resolve_options(solver_options)
+    spec.check_process(process, options)
     times, grid_name = _time_grid(process, spec, grid, steps)
     n = _check_shape(shape)
     batch_size = n if batch_size is None else batch_size
@@ -84,6 +84,8 @@ def sample(
             bound = BoundModel(model, process)
             chunks.append(_sample_batch(bound, spec, times, NoiseSource(seeds, device, dtype), shape[1:], options))
             nfe += bound.nfe
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)  # kernels run asynchronously; time them to completion
     if stats is not None:
         stats.solver, stats.grid, stats.steps = spec.name, grid_name, len(times) - 1
         stats.nfe = nfe / len(chunks)

@@ -8,8 +8,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import PROCESS_CONFIGS, PROCESS_IDS
 from sklearn.datasets import load_digits as sklearn_digits
 from sklearn.model_selection import train_test_split
+from test_cli import expect_usage_error, invoke
 
 import genflow
 from genflow import api
@@ -26,9 +28,6 @@ from genflow.metrics import (
     precision_recall,
 )
 from genflow.toy import GaussianMixture
-
-from conftest import PROCESS_CONFIGS, PROCESS_IDS
-from test_cli import expect_usage_error, invoke
 
 
 @pytest.mark.parametrize("name, options", PROCESS_CONFIGS, ids=PROCESS_IDS)
@@ -165,3 +164,19 @@ def test_eval_every_logs_the_distance(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scored = [r for r in records if "fd" in r]
     assert [r["step"] for r in scored] == [10, 20] and all(np.isfinite(r["fd"]) and r["fd_floor"] > 0 for r in scored)
+
+
+def test_eval_scores_an_npz_from_any_program(tmp_path):
+    real = load_digits()
+    order = torch.randperm(len(real), generator=torch.Generator().manual_seed(5))
+    good, noise = tmp_path / "real.npz", tmp_path / "noise.npz"
+    np.savez(good, ((real[order[:300]] + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy())
+    np.savez(noise, np.random.default_rng(0).integers(0, 256, (300, 8, 8, 1), dtype=np.uint8))
+    scores = {p.name: json.loads(invoke("eval", "--samples", p, "--json").stdout) for p in (good, noise)}
+    assert scores["real.npz"]["fd"] < 2 * scores["real.npz"]["fd_floor"] < scores["noise.npz"]["fd"]
+    wrong = tmp_path / "wrong.npz"
+    np.savez(wrong, np.zeros((10, 28, 28, 1), dtype=np.uint8))
+    expect_usage_error(invoke("eval", "--samples", wrong), "shape (1, 28, 28)")
+    expect_usage_error(invoke("eval", "--samples", tmp_path / "none.npz"), "does not exist")
+    (tmp_path / "pickle.npz").write_bytes(b"\x80\x04not an npz")
+    expect_usage_error(invoke("eval", "--samples", tmp_path / "pickle.npz"), "not an .npz")

@@ -222,6 +222,17 @@ def test_solver_options_are_checked_before_sampling():
         genflow.sample(never_called, make_process("rectified-flow"), shape=(2, 2), solver="euler-maruyama")
 
 
+def test_ot_coupled_flow_refuses_samplers_that_add_noise():
+    """Minibatch-OT pairing changes the path's conditionals, so only its ODE may be solved."""
+    process = make_process("cnf", coupling="ot")
+    model = four_blobs().exact_model(process)
+    for solver, options in (("ancestral", {}), ("ddim", {"eta": 0.3})):
+        with pytest.raises(IncompatibleError, match="deterministic solver"):
+            genflow.sample(model, process, solver=solver, shape=(4, 2), **options)
+    for solver in ("euler", "heun", "dpm++2m", "ddim"):
+        assert genflow.sample(model, process, solver=solver, steps=4, shape=(4, 2)).isfinite().all()
+
+
 def test_eta_spans_ddim_to_ddpm():
     """From the same prior, eta = 0 ignores the noise source; eta > 0 ('ancestral') uses it;
     ddim with eta = 1 is ancestral."""

@@ -146,6 +146,13 @@ class GaussianProcess(ABC):
         in it, which diverges where the path reaches pure noise (alpha(1) = 0)."""
         return self.coefficients(1.0).alpha > 1e-3
 
+    @property
+    def has_gaussian_conditionals(self) -> bool:
+        """Whether ``x_t | x0 ~ N(alpha x0, sigma^2 I)`` holds for the trained model, which
+        stochastic samplers (ancestral, reverse SDE, Langevin) rely on. Pairing noise with
+        data other than independently (minibatch OT) keeps the velocity's ODE but not this."""
+        return True
+
     # --- training ---------------------------------------------------------------------
     def sample_training_times(self, n: int, generator: torch.Generator | None, device: torch.device) -> Tensor:
         """Training times, uniform on ``[t_min, 1]`` unless a process says otherwise."""

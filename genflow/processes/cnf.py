@@ -48,6 +48,10 @@ class CNF(GaussianProcess):
         slope = 1 - self.sigma_min
         return Schedule(1 - t, self.sigma_min + slope * t, -torch.ones_like(t), torch.full_like(t, slope))
 
+    @property
+    def has_gaussian_conditionals(self) -> bool:
+        return self.coupling == "independent"
+
     def couple(self, x0: Tensor, eps: Tensor) -> Tensor:
         if self.coupling == "ot":
             return optimal_transport_pairing(x0, eps)

@@ -133,6 +133,7 @@ class SolverSpec:
     summary: str
     options: Mapping[str, Option] = field(default_factory=dict)
     needs_reverse_sde: bool = False
+    stochastic: bool = False
     adaptive: bool = False
 
     def resolve_options(self, given: Mapping[str, object]) -> dict[str, float]:
@@ -150,12 +151,22 @@ class SolverSpec:
             resolved[name] = type(option.default)(number)
         return resolved
 
-    def check_process(self, process: GaussianProcess) -> None:
+    def injects_noise(self, options: Mapping[str, float]) -> bool:
+        """Whether, with these options, sampling adds fresh noise (eta > 0 for the DDIM family)."""
+        return self.stochastic or options.get("eta", 0.0) > 0
+
+    def check_process(self, process: GaussianProcess, options: Mapping[str, float]) -> None:
         """Fail before sampling when the process lacks a capability this solver needs."""
         if self.needs_reverse_sde and not process.supports_reverse_sde:
             raise IncompatibleError(
                 f"solver {self.name!r} integrates the reverse SDE, whose diffusion diverges at t=1 for "
                 f"process {process.name!r} (alpha(1)=0); use 'ancestral' for stochastic sampling"
+            )
+        if self.injects_noise(options) and not process.has_gaussian_conditionals:
+            raise IncompatibleError(
+                f"solver {self.name!r} adds noise assuming x_t | x0 ~ N(alpha x0, sigma^2 I), which minibatch-OT "
+                f"coupling breaks; sample process {process.name!r} with a deterministic solver "
+                "(euler, heun, dpm++2m, dopri5, ddim with eta=0)"
             )
 
 

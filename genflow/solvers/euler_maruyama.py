@@ -27,4 +27,4 @@ def euler_maruyama(model: BoundModel, x: Tensor, times: Tensor, noise: Noise) ->
     return x
 
 
-register(SolverSpec("euler-maruyama", euler_maruyama, "Euler-Maruyama on the reverse SDE; 1 NFE/step", needs_reverse_sde=True))
+register(SolverSpec("euler-maruyama", euler_maruyama, "Euler-Maruyama on the reverse SDE; 1 NFE/step", needs_reverse_sde=True, stochastic=True))

@@ -46,5 +46,6 @@ register(
             "corrector_steps": at_least_one("Langevin steps per grid time", 1),
         },
         needs_reverse_sde=True,
+        stochastic=True,
     )
 )
