@@ -52,6 +52,7 @@ def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False,
     device = pick_device(config.device)
     data = load_dataset(config.dataset, config.data_dir)
     unet_config = backbone_config(config, data)
+    evaluate = training_evaluator(config, process, data, device) if config.eval_every else None
     run_dir = new_run_dir(out, config.process, overwrite)
     write_json(run_dir / CONFIG, run_record(config, process, unet_config, genflow.__version__))
     torch.manual_seed(config.seed)
@@ -61,7 +62,6 @@ def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False,
         images = genflow.sample(ema, process, shape=(GRID_SAMPLES, *data.shape[1:]), steps=config.sample_steps, seed=0, device=device)
         save_samples(images, run_dir / "samples" / f"step-{step:06d}.png", overwrite=True)
 
-    evaluate = training_evaluator(config, process, data, device) if config.eval_every else None
     train_loop(config, process, model, data.to(device), run_dir, reporter or SilentReporter(), sample_grid, evaluate)
     if out is None or run_dir.parent == DEFAULT_RUNS:
         point_latest(run_dir.parent, run_dir)
@@ -71,11 +71,11 @@ def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False,
 def training_evaluator(config: TrainConfig, process: GaussianProcess, data: Tensor, device: torch.device):
     """Frechet distance (and its floor) of ``eval_n`` EMA samples with the process's default
     solver at ``sample_steps``, for ``--eval-every``."""
-    from genflow.metrics import evaluate, load_digits_classifier
+    from genflow.metrics import evaluate
 
-    if config.dataset != "digits":
-        raise GenflowError("--eval-every needs the digits' shipped classifier; other datasets are not supported yet")
-    classifier = load_digits_classifier()
+    classifier = feature_classifier(config.dataset)
+    if 2 * config.eval_n > len(data):
+        raise GenflowError(f"eval_n must be at most {len(data) // 2} (half the real data) for --eval-every")
 
     def scores(ema: torch.nn.Module) -> dict:
         images = genflow.sample(ema, process, shape=(config.eval_n, *data.shape[1:]), steps=config.sample_steps, seed=0, device=device)

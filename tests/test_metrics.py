@@ -164,6 +164,10 @@ def test_eval_every_logs_the_distance(tmp_path):
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     scored = [r for r in records if "fd" in r]
     assert [r["step"] for r in scored] == [10, 20] and all(np.isfinite(r["fd"]) and r["fd_floor"] > 0 for r in scored)
+    too_many = TrainConfig(steps=20, eval_every=10, eval_n=1000, model=model)
+    with pytest.raises(genflow.GenflowError, match="eval_n must be at most 898"):
+        api.train(too_many, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()  # refused before anything was written
 
 
 def test_eval_scores_an_npz_from_any_program(tmp_path):
