@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 import genflow
-from genflow.checkpoint import CONFIG, EMA_WEIGHTS, LATEST, load_weights, point_latest, read_run, write_json
+from genflow.checkpoint import CONFIG, EMA_WEIGHTS, LATEST, atomic_write, load_weights, point_latest, read_run, write_json
 from genflow.config import TrainConfig
 from genflow.data import load_dataset, to_uint8
 from genflow.errors import GenflowError
@@ -162,24 +162,31 @@ def sample_run(
     return images, stats
 
 
+def check_output(out: Path, overwrite: bool) -> None:
+    """Refuse an output of unknown kind, or one that exists, unless ``overwrite``."""
+    if out.suffix.lower() not in ("", ".png", ".npz"):
+        raise GenflowError(f"unsupported output {out}: use a .png (grid), a .npz (array) or a directory")
+    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
+        raise GenflowError(f"{out} exists; choose another --out or pass --overwrite")
+
+
 def save_samples(images: Tensor, out: Path, overwrite: bool = False) -> Path:
     """By the path: ``.png`` a grid, ``.npz`` uint8 NHWC under ``arr_0``, otherwise a
     directory of one PNG per sample. An existing output is refused unless ``overwrite``."""
     from torchvision.utils import save_image
 
+    check_output(out, overwrite)
     suffix = out.suffix.lower()
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise GenflowError(f"{out} exists; choose another --out or pass --overwrite")
-    if suffix not in ("", ".png", ".npz"):
-        raise GenflowError(f"unsupported output {out}: use a .png (grid), a .npz (array) or a directory")
     images = images.detach().float().cpu()
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        if suffix == ".png":
+        if suffix == ".png":  # files are written whole under a temporary name, then renamed
             nrow = max(1, int(np.ceil(np.sqrt(len(images)))))
-            save_image((images.clamp(-1, 1) + 1) / 2, out, nrow=nrow, padding=1)
+            grid = (images.clamp(-1, 1) + 1) / 2
+            atomic_write(out, lambda tmp: save_image(grid, tmp, format="png", nrow=nrow, padding=1))
         elif suffix == ".npz":
-            np.savez(out, to_uint8(images).permute(0, 2, 3, 1).numpy())
+            array = to_uint8(images).permute(0, 2, 3, 1).numpy()
+            atomic_write(out, lambda tmp: write_npz(tmp, array))
         else:
             out.mkdir(parents=True, exist_ok=True)
             for i, image in enumerate(images):
@@ -187,6 +194,12 @@ def save_samples(images: Tensor, out: Path, overwrite: bool = False) -> Path:
     except OSError as error:
         raise GenflowError(f"cannot write {out}: {error.strerror or error}") from None
     return out
+
+
+def write_npz(path: Path, array: np.ndarray) -> None:
+    """``arr_0`` in an .npz at exactly ``path`` (np.savez would append .npz to a bare name)."""
+    with path.open("wb") as file:
+        np.savez(file, array)
 
 
 def real_data(loaded: LoadedRun) -> Tensor:

@@ -128,9 +128,10 @@ def sample(
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
 ) -> None:
     """Sample a trained run with any solver and write the samples."""
-    given = {"eta": eta, "rtol": rtol, "atol": atol, "snr": snr, "corrector_steps": corrector_steps}
-    options = {k: v for k, v in given.items() if v is not None}
+    options = solver_options_given(eta=eta, rtol=rtol, atol=atol, snr=snr, corrector_steps=corrector_steps)
     loaded = api.load(run, device)
+    if out is not None:
+        api.check_output(out, overwrite)  # before spending the sampling time
     images, stats = api.sample_run(loaded, n, solver, steps, grid, seed, batch_size, **options)
     if out is None:
         out = loaded.path / "samples" / f"{stats.solver}-{stats.grid}-{stats.steps}steps-n{n}-seed{seed}.png"
