@@ -11,6 +11,7 @@ and the ratio genflow / plain.
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import tempfile
 import time
@@ -25,7 +26,7 @@ from genflow.config import TrainConfig
 from genflow.data import load_digits
 from genflow.nn import UNet, preset_for
 from genflow.progress import SilentReporter
-from genflow.training import train_loop
+from genflow.training import TrainingState, train_loop
 
 
 def plain_diffusers(data: torch.Tensor, steps: int, batch: int, device: torch.device) -> float:
@@ -49,9 +50,10 @@ def genflow_loop(data: torch.Tensor, steps: int, batch: int, device: torch.devic
     config = TrainConfig(process="ddpm", steps=steps, batch_size=batch, sample_every=0, log_every=10)
     process = genflow.make_process("ddpm")
     model = UNet(preset_for(1, 8), process).to(device)
+    state = TrainingState.fresh(config, model, copy.deepcopy(model).requires_grad_(False), data)
     with tempfile.TemporaryDirectory() as run_dir:
         started = time.perf_counter()
-        train_loop(config, process, model, data, Path(run_dir), SilentReporter(), sample_grid=lambda ema, step: None)
+        train_loop(config, process, state, Path(run_dir), SilentReporter(), sample_grid=lambda ema, step: None)
         synchronize(device)
         return steps * batch / (time.perf_counter() - started)
 

@@ -18,7 +18,14 @@ Usage::
     x = genflow.sample(model, proc, solver="heun", steps=20, shape=(16, 1, 8, 8), seed=0)
 """
 
-from genflow.errors import GenflowError, IncompatibleError, UnknownNameError
+from genflow.errors import (
+    GenflowError,
+    IncompatibleError,
+    TrainingDiverged,
+    TrainingInterrupted,
+    TrainingStopped,
+    UnknownNameError,
+)
 from genflow.likelihood import log_likelihood
 from genflow.processes import PROCESSES, GaussianProcess, Schedule, make_process
 from genflow.sampling import SamplingStats, sample
@@ -38,6 +45,9 @@ __all__ = [
     "NoiseSource",
     "SamplingStats",
     "Schedule",
+    "TrainingDiverged",
+    "TrainingInterrupted",
+    "TrainingStopped",
     "UnknownNameError",
     "__version__",
     "log_likelihood",

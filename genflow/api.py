@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import copy
+import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,7 +14,20 @@ import torch
 from torch import Tensor
 
 import genflow
-from genflow.checkpoint import CONFIG, EMA_WEIGHTS, LATEST, atomic_write, load_weights, point_latest, read_run, write_json
+from genflow.checkpoint import (
+    CONFIG,
+    EMA_WEIGHTS,
+    LATEST,
+    METRICS,
+    Checkpoint,
+    atomic_write,
+    load_weights,
+    newest_valid_checkpoint,
+    point_latest,
+    read_run,
+    remove_temporaries,
+    write_json,
+)
 from genflow.config import TrainConfig
 from genflow.data import load_dataset, to_uint8
 from genflow.errors import GenflowError
@@ -19,7 +35,7 @@ from genflow.nn import UNet, UNetConfig, preset_for
 from genflow.processes import GaussianProcess, make_process
 from genflow.progress import SilentReporter
 from genflow.sampling import SamplingStats
-from genflow.training import GRID_SAMPLES, Reporter, pick_device, train_loop
+from genflow.training import GRID_SAMPLES, Reporter, TrainingState, pick_device, train_loop
 
 DEFAULT_RUNS = Path("runs")
 
@@ -29,7 +45,9 @@ def backbone_config(config: TrainConfig, data: Tensor) -> UNetConfig:
     _, channels, height, width = data.shape
     if height != width:
         raise GenflowError(f"images must be square, not {height}x{width}")
-    return UNetConfig.from_dict({**preset_for(channels, height).to_dict(), **config.model, "channels": channels, "resolution": height})
+    return UNetConfig.from_dict(
+        {**preset_for(channels, height).to_dict(), **config.model, "channels": channels, "resolution": height}
+    )
 
 
 def new_run_dir(out: Path | None, process: str, overwrite: bool) -> Path:
@@ -45,27 +63,128 @@ def new_run_dir(out: Path | None, process: str, overwrite: bool) -> Path:
     return run_dir
 
 
-def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False, reporter: Reporter | None = None) -> Path:
-    """Train a run as ``config`` says and return its directory."""
+@dataclass
+class TrainingSetup:
+    """What a config resolves to before any file is written: the process, the device, the
+    data, the backbone's shape and the optional periodic evaluation."""
+
+    process: GaussianProcess
+    device: torch.device
+    data: Tensor
+    unet_config: UNetConfig
+    evaluate: Callable[[torch.nn.Module], dict] | None
+
+
+def prepare(config: TrainConfig) -> TrainingSetup:
+    """Validate ``config`` and load what it names; every input error surfaces here."""
     config.validate()
     process = make_process(config.process, **config.process_options)
     device = pick_device(config.device)
     data = load_dataset(config.dataset, config.data_dir)
-    unet_config = backbone_config(config, data)
     evaluate = training_evaluator(config, process, data, device) if config.eval_every else None
+    return TrainingSetup(process, device, data, backbone_config(config, data), evaluate)
+
+
+def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False, reporter: Reporter | None = None) -> Path:
+    """Train a run as ``config`` says and return its directory."""
+    setup = prepare(config)
     run_dir = new_run_dir(out, config.process, overwrite)
-    write_json(run_dir / CONFIG, run_record(config, process, unet_config, genflow.__version__))
-    torch.manual_seed(config.seed)
-    model = UNet(unet_config, process).to(device)
-
-    def sample_grid(ema: torch.nn.Module, step: int) -> None:
-        images = genflow.sample(ema, process, shape=(GRID_SAMPLES, *data.shape[1:]), steps=config.sample_steps, seed=0, device=device)
-        save_samples(images, run_dir / "samples" / f"step-{step:06d}.png", overwrite=True)
-
-    train_loop(config, process, model, data.to(device), run_dir, reporter or SilentReporter(), sample_grid, evaluate)
+    write_json(run_dir / CONFIG, run_record(config, setup.process, setup.unet_config, genflow.__version__))
+    run_training(config, setup, run_dir, reporter or SilentReporter())
     if out is None or run_dir.parent == DEFAULT_RUNS:
         point_latest(run_dir.parent, run_dir)
     return run_dir
+
+
+def run_training(
+    config: TrainConfig, setup: TrainingSetup, run_dir: Path, reporter: Reporter, checkpoint: Checkpoint | None = None
+) -> None:
+    """Build the model (seeded by ``config.seed``), restore ``checkpoint`` if given, and train."""
+    torch.manual_seed(config.seed)
+    model = UNet(setup.unet_config, setup.process).to(setup.device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    state = TrainingState.fresh(config, model, ema, setup.data.to(setup.device))
+    if checkpoint is not None:
+        state.restore(checkpoint, reporter.note)
+        reporter.note(f"resuming {run_dir} from {checkpoint.path.name} (step {checkpoint.step} of {config.steps})")
+    shape = (GRID_SAMPLES, *setup.data.shape[1:])
+
+    def sample_grid(ema: torch.nn.Module, step: int) -> None:
+        images = genflow.sample(ema, setup.process, shape=shape, steps=config.sample_steps, seed=0, device=setup.device)
+        save_samples(images, run_dir / "samples" / f"step-{step:06d}.png", overwrite=True)
+
+    train_loop(config, setup.process, state, run_dir, reporter, sample_grid, setup.evaluate)
+
+
+# What a resume may change: the step budget and settings that do not alter the model or its updates.
+RESUMABLE = frozenset({"steps", "device", "precision", "data_dir", "log_every", "sample_every", "sample_steps",
+                       "eval_every", "eval_n", "checkpoint_every", "keep_checkpoints", "max_nonfinite"})  # fmt: skip
+
+
+def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | None = None) -> Path:
+    """Continue a run from its newest checkpoint that verifies (a corrupt one is reported and
+    skipped) to its step budget. ``overrides`` are config values as in :func:`train`; one that
+    changes the process, the model, the data or the optimization is refused, naming the key."""
+    reporter = reporter or SilentReporter()
+    files = read_run(run)
+    saved = TrainConfig.from_dict(files.config["train"], source=str(files.path / CONFIG))
+    config = resumed_config(saved, overrides or {})
+    setup = prepare(config)
+    check_same_run(files.config, saved, config, setup)
+    remove_temporaries(files.path)
+    checkpoint = newest_valid_checkpoint(files.path, reporter.note)
+    done = checkpoint.step if checkpoint else 0
+    if config.steps < done:
+        raise GenflowError(f"{files.path} is already at step {done}; --steps must be at least {done}")
+    changes = {k: [saved.to_dict()[k], v] for k, v in config.to_dict().items() if saved.to_dict()[k] != v}
+    if changes:
+        reporter.note("resume changes " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+        write_json(files.path / CONFIG, {**files.config, "train": config.to_dict()})
+    keep_metrics_through(
+        files.path / METRICS,
+        done,
+        {"step": done, "resumed_from": checkpoint.path.name if checkpoint else None, "changes": changes},
+    )
+    run_training(config, setup, files.path, reporter, checkpoint)
+    return files.path
+
+
+def resumed_config(saved: TrainConfig, overrides: dict) -> TrainConfig:
+    values = saved.to_dict() | {k: v for k, v in overrides.items() if v is not None and k != "process_options"}
+    values["process_options"] = saved.process_options | (overrides.get("process_options") or {})
+    return TrainConfig.from_dict(values, source="--resume").validate()
+
+
+def check_same_run(record: dict, saved: TrainConfig, config: TrainConfig, setup: TrainingSetup) -> None:
+    """Refuse a resume that would make a different run, naming the first key that differs."""
+    candidates = [
+        ({"process": record["process"]["name"]}, {"process": setup.process.name}),
+        ({f"process option {k}": v for k, v in record["process"]["options"].items()}, {f"process option {k}": v for k, v in setup.process.options().items()}),
+        ({f"model.{k}": v for k, v in record["model"].items()}, {f"model.{k}": v for k, v in setup.unet_config.to_dict().items()}),
+        ({k: v for k, v in saved.to_dict().items() if k not in RESUMABLE | {"process", "process_options", "model"}},
+         {k: v for k, v in config.to_dict().items() if k not in RESUMABLE | {"process", "process_options", "model"}}),
+    ]  # fmt: skip
+    for before, after in candidates:
+        for key in before.keys() | after.keys():
+            if before.get(key) != after.get(key):
+                raise GenflowError(
+                    f"cannot resume: this run's {key} is {before.get(key)!r}, not {after.get(key)!r}; a resume continues the same "
+                    "run (only --steps and run-time settings such as --device may change); start a new run with --out instead"
+                )
+
+
+def keep_metrics_through(path: Path, step: int, resumed: dict) -> None:
+    """Drop metrics.jsonl lines past ``step`` (they will be logged again) and any line a kill
+    cut short, then note the resume."""
+    kept = []
+    for line in path.read_text().splitlines() if path.is_file() else []:
+        try:
+            if json.loads(line)["step"] <= step:
+                kept.append(line)
+        except (json.JSONDecodeError, KeyError, TypeError):
+            continue
+    kept.append(json.dumps(resumed))
+    atomic_write(path, lambda tmp: tmp.write_text("".join(line + "\n" for line in kept)))
 
 
 def training_evaluator(config: TrainConfig, process: GaussianProcess, data: Tensor, device: torch.device):
@@ -78,7 +197,9 @@ def training_evaluator(config: TrainConfig, process: GaussianProcess, data: Tens
         raise GenflowError(f"eval_n must be at most {len(data) // 2} (half the real data) for --eval-every")
 
     def scores(ema: torch.nn.Module) -> dict:
-        images = genflow.sample(ema, process, shape=(config.eval_n, *data.shape[1:]), steps=config.sample_steps, seed=0, device=device)
+        images = genflow.sample(
+            ema, process, shape=(config.eval_n, *data.shape[1:]), steps=config.sample_steps, seed=0, device=device
+        )
         report = evaluate(images.cpu(), data, classifier)
         return {"fd": report.fd, "fd_floor": report.fd_floor, "kid": report.kid}
 
@@ -124,12 +245,26 @@ def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
     except (GenflowError, KeyError, TypeError) as error:
         raise GenflowError(f"{files.path / CONFIG} does not describe a genflow model: {error}") from None
     model = UNet(unet_config, process)
-    weights = load_weights(files.path / EMA_WEIGHTS)
+    weights, source = ema_weights(files.path)
     missing, unexpected = model.unet.load_state_dict(weights, strict=False)
     if missing or unexpected:
         name = (missing or unexpected)[0]
-        raise GenflowError(f"{files.path / EMA_WEIGHTS} does not fit the model in {CONFIG} (e.g. {name!r})")
+        raise GenflowError(f"{source} does not fit the model in {CONFIG} (e.g. {name!r}); was it copied from another run?")
     return LoadedRun(files.path, process, model.to(pick_device(device)).eval(), record)
+
+
+def ema_weights(run_dir: Path) -> tuple[dict[str, Tensor], Path]:
+    """The final EMA weights, or those of the newest checkpoint that verifies while the run
+    is unfinished (interrupted or still training)."""
+    final = run_dir / EMA_WEIGHTS
+    if final.exists():
+        return load_weights(final), final
+    checkpoint = newest_valid_checkpoint(run_dir, report=lambda message: None)
+    if checkpoint is None:
+        raise GenflowError(
+            f"{run_dir} has no weights yet (no {EMA_WEIGHTS}, no checkpoint); let it train or resume it with 'genflow train --resume {run_dir}'"
+        )
+    return {k.removeprefix("unet."): v for k, v in checkpoint.tensors("ema").items()}, checkpoint.path / "ema.safetensors"
 
 
 def sample_run(

@@ -1,16 +1,26 @@
-"""Run directories: resolved config as JSON, weights as safetensors; no pickled objects.
+"""Run directories and checkpoints: JSON and safetensors only, never a pickle.
 
 A run directory holds ``config.json`` (the resolved training config, the process options,
 the backbone config and the data shape), ``ema.safetensors`` and ``model.safetensors``
-(EMA and raw weights), ``metrics.jsonl`` and ``samples/``. Files are written to a temporary
-name, flushed to disk and renamed into place, so a crash never leaves half a file.
+(final EMA and raw weights), ``metrics.jsonl``, ``samples/`` and ``checkpoints/``.
+
+A checkpoint is a directory ``checkpoints/step-NNNNNNNN/`` of safetensors files (one per
+group of tensors) and ``manifest.json`` (the step, the non-tensor state, and the sha256 of
+every file). It is written into a hidden temporary directory, fsynced, and renamed into
+place; then ``checkpoints/latest`` (a one-line file naming it) is replaced the same way, and
+only then are old checkpoints pruned. Every file is written under a temporary name, flushed
+and renamed, so a crash (even ``kill -9``) never leaves half a file where a whole one was.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import re
+import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,21 +36,52 @@ CONFIG = "config.json"
 EMA_WEIGHTS = "ema.safetensors"
 RAW_WEIGHTS = "model.safetensors"
 LATEST = "latest"
+METRICS = "metrics.jsonl"
+CHECKPOINTS = "checkpoints"
+MANIFEST = "manifest.json"
+CHECKPOINT_FORMAT = "genflow-checkpoint/1"
+CHECKPOINT_NAME = re.compile(r"step-(\d+)")
+TEMPORARY_SUFFIX = ".tmp"
+UMASK = os.umask(0o022)
+os.umask(UMASK)
 
 
 def atomic_write(path: Path, write) -> None:
     """Call ``write(tmp_path)``, fsync the file, then rename it over ``path``."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=TEMPORARY_SUFFIX, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
-        with open(tmp, "rb") as file:
-            os.fsync(file.fileno())
+        fsync_path(Path(tmp))
+        make_shareable(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def make_shareable(path: Path) -> None:
+    """The permissions a plain ``open`` would give under the umask (temporary names are
+    created private: 0600 files, 0700 folders)."""
+    os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~UMASK)
+
+
+def fsync_path(path: Path) -> None:
+    """Flush a file or a directory (its entries) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as file:
+        for block in iter(lambda: file.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def write_json(path: Path, value: dict[str, Any]) -> None:
@@ -94,3 +135,140 @@ def read_run(run: str | Path) -> RunFiles:
         if key not in config:
             raise GenflowError(f"{config_file} lacks {key!r}; it was not written by genflow train")
     return RunFiles(path, config)
+
+
+@dataclass
+class Checkpoint:
+    """A checkpoint directory whose manifest parsed and whose files match their sha256."""
+
+    path: Path
+    step: int
+    state: dict[str, Any]
+
+    def tensors(self, group: str) -> dict[str, torch.Tensor]:
+        return load_weights(self.path / f"{group}.safetensors")
+
+
+def write_checkpoint(
+    run_dir: Path, step: int, groups: dict[str, dict[str, torch.Tensor]], state: dict[str, Any], keep: int
+) -> Path:
+    """Commit ``checkpoints/step-NNNNNNNN/`` (each group as ``<group>.safetensors``, and a
+    manifest with ``state`` and every file's sha256), point ``checkpoints/latest`` at it, then
+    prune all but the newest ``keep``. An error leaves the previous checkpoints as they were."""
+    directory = run_dir / CHECKPOINTS
+    directory.mkdir(parents=True, exist_ok=True)
+    final = directory / f"step-{step:08d}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=TEMPORARY_SUFFIX, dir=directory))
+    try:
+        files = {}
+        for group, tensors in groups.items():
+            file = tmp / f"{group}.safetensors"
+            save_file(tensors, str(file))
+            fsync_path(file)
+            make_shareable(file)
+            files[file.name] = sha256(file)
+        manifest = {"format": CHECKPOINT_FORMAT, "step": step, "files": files, "state": state}
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+        fsync_path(tmp / MANIFEST)
+        make_shareable(tmp)
+        fsync_path(tmp)
+        replace_directory(tmp, final)
+        fsync_path(directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    atomic_write(directory / LATEST, lambda path: path.write_text(final.name + "\n"))
+    prune_checkpoints(run_dir, keep)
+    return final
+
+
+def replace_directory(source: Path, target: Path) -> None:
+    """Rename ``source`` to ``target``; an existing ``target`` (the same step saved again) is
+    first moved aside, so at every moment one whole copy exists."""
+    if not target.exists():
+        os.replace(source, target)
+        return
+    aside = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", suffix=TEMPORARY_SUFFIX, dir=target.parent))
+    os.replace(target, aside / target.name)
+    os.replace(source, target)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def checkpoint_step(path: Path) -> int | None:
+    match = CHECKPOINT_NAME.fullmatch(path.name)
+    return int(match.group(1)) if match and path.is_dir() else None
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint directories, newest first; the one ``latest`` names leads when it exists."""
+    directory = run_dir / CHECKPOINTS
+    if not directory.is_dir():
+        return []
+    found = sorted((p for p in directory.iterdir() if checkpoint_step(p) is not None), key=checkpoint_step, reverse=True)
+    named = latest_name(run_dir)
+    return sorted(found, key=lambda p: p.name != named)  # stable: the rest stay newest first
+
+
+def latest_name(run_dir: Path) -> str | None:
+    try:
+        return (run_dir / CHECKPOINTS / LATEST).read_text().strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Remove all but the newest ``keep`` checkpoints (never the one ``latest`` names)."""
+    named = latest_name(run_dir)
+    newest = sorted(list_checkpoints(run_dir), key=checkpoint_step, reverse=True)
+    for path in newest[keep:]:
+        if path.name != named:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def remove_temporaries(run_dir: Path) -> None:
+    """Remove what a killed process left half-written (hidden ``*.tmp`` files and folders)."""
+    for folder in (run_dir, run_dir / CHECKPOINTS, run_dir / "samples"):
+        for path in folder.glob(f".*{TEMPORARY_SUFFIX}"):
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+
+def read_checkpoint(path: Path) -> Checkpoint:
+    """Parse and verify a checkpoint: its manifest, and every file against its sha256."""
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+    except FileNotFoundError:
+        raise GenflowError(f"{path.name} has no {MANIFEST}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise GenflowError(f"{path.name}/{MANIFEST} is unreadable ({error})") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
+        raise GenflowError(f"{path.name} is not a {CHECKPOINT_FORMAT} checkpoint")
+    try:
+        files, step, state = dict(manifest["files"]), int(manifest["step"]), dict(manifest["state"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise GenflowError(f"{path.name}/{MANIFEST} is incomplete ({error!r})") from None
+    for name, digest in files.items():
+        file = path / name
+        if Path(name).name != name or not name.endswith(".safetensors"):
+            raise GenflowError(f"{path.name}/{MANIFEST} names a file {name!r} that is not a safetensors file of the checkpoint")
+        if not file.is_file():
+            raise GenflowError(f"{path.name} lacks {name}")
+        if sha256(file) != digest:
+            raise GenflowError(f"{path.name}/{name} is corrupt or truncated (sha256 differs from the manifest)")
+    return Checkpoint(path, step, state)
+
+
+def newest_valid_checkpoint(run_dir: Path, report: Callable[[str], None]) -> Checkpoint | None:
+    """The newest checkpoint that verifies; each one skipped is reported. ``None`` when the
+    run has no checkpoint; an error when it has some and none verifies."""
+    candidates = list_checkpoints(run_dir)
+    for path in candidates:
+        try:
+            return read_checkpoint(path)
+        except GenflowError as error:
+            report(f"skipping checkpoint {error}")
+    if candidates:
+        raise GenflowError(f"no checkpoint in {run_dir / CHECKPOINTS} verifies; start a new run")
+    return None

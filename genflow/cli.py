@@ -1,7 +1,8 @@
 """The ``genflow`` command: a thin Typer layer over :mod:`genflow.api`.
 
 Exit codes: 0 ok, 1 unexpected runtime error, 2 usage or input error (one line naming the
-fix, no traceback).
+fix, no traceback), 3 training diverged, 130 / 143 interrupted by SIGINT / SIGTERM (after
+saving a checkpoint when training).
 """
 
 from __future__ import annotations
@@ -20,15 +21,21 @@ from rich.table import Table
 import genflow
 from genflow import api
 from genflow.config import resolve_config
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, TrainingStopped
 from genflow.progress import reporter_for
 
-app = typer.Typer(help="Train, sample and compare diffusion and flow models.", no_args_is_help=True, pretty_exceptions_enable=False)
+app = typer.Typer(
+    help="Train, sample and compare diffusion and flow models.", no_args_is_help=True, pretty_exceptions_enable=False
+)
 out_console = Console()
 
 
+EXIT_INTERRUPTED = 130
+
+
 def fails_cleanly(command):
-    """Turn a :class:`GenflowError` into one line on stderr and exit code 2."""
+    """One line on stderr instead of a traceback: a :class:`GenflowError` exits 2, a stopped
+    training run its own code (3 diverged, 130/143 interrupted), a Ctrl-C outside training 130."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -37,6 +44,12 @@ def fails_cleanly(command):
         except GenflowError as error:
             print(f"genflow: error: {error}", file=sys.stderr)
             raise typer.Exit(2) from None
+        except TrainingStopped as stopped:
+            print(f"genflow: {stopped}", file=sys.stderr)
+            raise typer.Exit(stopped.exit_code) from None
+        except KeyboardInterrupt:
+            print("genflow: interrupted", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
 
@@ -49,7 +62,9 @@ def show_version(value: bool) -> None:
 
 @app.callback()
 def main_options(
-    version: Annotated[bool | None, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version.")] = None,
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version.")
+    ] = None,
 ) -> None:
     """Train, sample and compare diffusion and flow models."""
 
@@ -75,7 +90,9 @@ def parse_assignments(assignments: list[str]) -> dict[str, object]:
 def train(
     process: Annotated[str | None, typer.Option(help="Process: ddpm, ddim, sde, rectified-flow, cnf.")] = None,
     config: Annotated[str | None, typer.Option("--config", help="Preset name or TOML file; flags override it.")] = None,
-    dataset: Annotated[str | None, typer.Option(help="digits (embedded), mnist, fashion-mnist, cifar10, or an image folder.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="digits (embedded), mnist, fashion-mnist, cifar10, or an image folder.")
+    ] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where torchvision's dataset files are (never downloaded).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
@@ -84,24 +101,44 @@ def train(
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
     sample_every: Annotated[int | None, typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
-    eval_every: Annotated[int | None, typer.Option(help="Log the Frechet distance to metrics.jsonl every N steps (digits).")] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Log the Frechet distance to metrics.jsonl every N steps (digits).")
+    ] = None,
     schedule: Annotated[str | None, typer.Option(help="ddpm/ddim beta schedule: linear or cosine.")] = None,
     sde: Annotated[str | None, typer.Option(help="sde variant: vp, ve or subvp.")] = None,
     coupling: Annotated[str | None, typer.Option(help="cnf coupling: independent or ot.")] = None,
     time_sampling: Annotated[str | None, typer.Option(help="rectified-flow training times: uniform or logit-normal.")] = None,
     prediction: Annotated[str | None, typer.Option(help="Network output: eps, x0, v or velocity.")] = None,
     option: Annotated[list[str] | None, typer.Option("--option", "-o", help="Any other process option, key=value.")] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Save a checkpoint every N steps (0: only at the end).")] = None,
+    keep_checkpoints: Annotated[int | None, typer.Option(help="How many of the newest checkpoints to keep.")] = None,
     out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<time>-<process>).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Allow --out to be an existing, non-empty directory.")] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run from its newest valid checkpoint (--steps may raise its budget).")
+    ] = None,
 ) -> None:
-    """Train the shared UNet under a process (rectified flow on the embedded digits by default)."""
-    named = {"beta_schedule": schedule, "sde": sde, "coupling": coupling, "time_sampling": time_sampling, "prediction": prediction}
+    """Train the shared UNet under a process (rectified flow on the embedded digits by default).
+    Ctrl-C or SIGTERM saves a checkpoint and exits 130 or 143; --resume RUN continues it."""
+    named = {
+        "beta_schedule": schedule,
+        "sde": sde,
+        "coupling": coupling,
+        "time_sampling": time_sampling,
+        "prediction": prediction,
+    }
     process_options = {k: v for k, v in named.items() if v is not None} | parse_assignments(option or [])
     overrides = {
         "dataset": dataset, "data_dir": data_dir, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "device": device, "precision": precision, "sample_every": sample_every, "eval_every": eval_every,
-        "process_options": process_options,
+        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "process_options": process_options,
     }  # fmt: skip
+    if resume is not None:
+        if config is not None or out is not None or overwrite:
+            raise GenflowError("--resume continues a run in place with its own config; drop --config, --out and --overwrite")
+        run_dir = api.resume(resume, overrides | {"process": process}, reporter_for())
+        print(f"trained {run_dir} to step {api.read_run(run_dir).config['train']['steps']}")
+        return
     resolved = resolve_config(config, process, overrides)
     run_dir = api.train(resolved, out, overwrite, reporter_for())
     print(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")
@@ -144,7 +181,9 @@ def sample(
     if as_json:
         print(json.dumps(result))
     else:
-        print(f"{stats.solver} on {loaded.process.name}: {stats.steps} steps ({stats.grid}), NFE {stats.nfe:g}, {stats.seconds:.2f} s -> {out}")
+        print(
+            f"{stats.solver} on {loaded.process.name}: {stats.steps} steps ({stats.grid}), NFE {stats.nfe:g}, {stats.seconds:.2f} s -> {out}"
+        )
 
 
 def solver_options_given(**given: float | None) -> dict[str, float]:
@@ -163,7 +202,9 @@ def evaluate(
     batch_size: Annotated[int | None, typer.Option(help="Samples per network call.")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
     eta: Annotated[float | None, typer.Option(help="ddim/ancestral noise.")] = None,
-    nll: Annotated[bool, typer.Option("--nll", help="Also the negative log-likelihood in bits/dim (probability-flow ODE).")] = False,
+    nll: Annotated[
+        bool, typer.Option("--nll", help="Also the negative log-likelihood in bits/dim (probability-flow ODE).")
+    ] = False,
     nll_n: Annotated[int, typer.Option(help="Real images for --nll.")] = 64,
     nll_steps: Annotated[int, typer.Option(help="Heun steps for --nll; 0 = adaptive dopri5.")] = 0,
     samples: Annotated[Path | None, typer.Option(help="Score this .npz (uint8 NHWC, arr_0) instead of sampling a run.")] = None,
@@ -222,7 +263,9 @@ def sweep(
     Frechet distance against NFE with the real-data floor."""
     from genflow.sweeps import parse_list, run_sweep
 
-    rows = run_sweep(runs, parse_list(solvers, str), parse_list(steps, int), grid, n, seed, device, out, overwrite, progress=sys.stderr)
+    rows = run_sweep(
+        runs, parse_list(solvers, str), parse_list(steps, int), grid, n, seed, device, out, overwrite, progress=sys.stderr
+    )
     print(f"{len(rows)} points -> {out / 'sweep.csv'}, {out / 'sweep.jsonl'}, {out / 'sweep.png'}")
 
 

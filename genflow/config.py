@@ -46,13 +46,16 @@ class TrainConfig:
     sample_steps: int = 20
     eval_every: int = 0
     eval_n: int = 512
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 3
+    max_nonfinite: int = 10
 
     def validate(self) -> TrainConfig:
-        for name in ("steps", "batch_size", "log_every", "sample_steps"):
+        for name in ("steps", "batch_size", "log_every", "sample_steps", "keep_checkpoints", "max_nonfinite"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise GenflowError(f"{name} must be a whole number >= 1, not {getattr(self, name)!r}")
-        if self.sample_every < 0 or self.warmup_steps < 0 or self.eval_every < 0:
-            raise GenflowError("sample_every, eval_every and warmup_steps must be >= 0")
+        if min(self.sample_every, self.warmup_steps, self.eval_every, self.checkpoint_every) < 0:
+            raise GenflowError("sample_every, eval_every, checkpoint_every and warmup_steps must be >= 0")
         if not self.lr > 0:
             raise GenflowError(f"lr must be positive, not {self.lr!r}")
         if not 0 <= self.ema_decay < 1:

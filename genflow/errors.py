@@ -16,3 +16,24 @@ class UnknownNameError(GenflowError):
 
 class IncompatibleError(GenflowError):
     """A valid solver asked to work with a process that lacks a capability it needs."""
+
+
+class TrainingStopped(Exception):
+    """Training ended early, on purpose or not; ``exit_code`` is what the command line returns."""
+
+    exit_code = 1
+
+
+class TrainingInterrupted(TrainingStopped):
+    """SIGINT or SIGTERM arrived; the step in flight was finished and a checkpoint saved.
+    The exit code is the shell's ``128 + signal``: 130 for SIGINT, 143 for SIGTERM."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum
+
+
+class TrainingDiverged(TrainingStopped):
+    """Too many non-finite losses in a row, or weights that became non-finite; exit code 3."""
+
+    exit_code = 3

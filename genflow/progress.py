@@ -16,13 +16,17 @@ class PlainReporter:
     def __init__(self, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stderr
 
-    def start(self, total: int) -> None:
-        self.total, self.started = total, time.perf_counter()
+    def start(self, total: int, done: int = 0) -> None:
+        self.total, self.done, self.started = total, done, time.perf_counter()
 
     def step(self, step: int, loss: float, lr: float) -> None:
-        rate = step / max(time.perf_counter() - self.started, 1e-9)
+        rate = (step - self.done) / max(time.perf_counter() - self.started, 1e-9)
         eta = (self.total - step) / rate
-        print(f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} it/s  eta {eta:.0f}s", file=self.stream, flush=True)
+        print(
+            f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} it/s  eta {eta:.0f}s",
+            file=self.stream,
+            flush=True,
+        )
 
     def note(self, message: str) -> None:
         print(message, file=self.stream, flush=True)
@@ -46,13 +50,13 @@ class RichReporter:
             console=console or Console(stderr=True),
         )
 
-    def start(self, total: int) -> None:
-        self.started = time.perf_counter()
+    def start(self, total: int, done: int = 0) -> None:
+        self.done, self.started = done, time.perf_counter()
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total, loss=float("nan"), rate="-")
+        self.task = self.progress.add_task("train", total=total, completed=done, loss=float("nan"), rate="-")
 
     def step(self, step: int, loss: float, lr: float) -> None:
-        rate = step / max(time.perf_counter() - self.started, 1e-9)
+        rate = (step - self.done) / max(time.perf_counter() - self.started, 1e-9)
         self.progress.update(self.task, completed=step, loss=loss, rate=f"{rate:.1f}")
 
     def note(self, message: str) -> None:

@@ -1,23 +1,41 @@
 """The training loop: AdamW with warm-up and cosine decay, gradient clipping, EMA weights,
-metrics.jsonl, sample grids, and safetensors weights at the end."""
+metrics.jsonl, sample grids, atomic checkpoints, and a clean stop on SIGINT/SIGTERM.
+
+A step whose loss or gradient norm is not finite changes nothing and is reported; after
+``max_nonfinite`` of them in a row training stops (:class:`TrainingDiverged`). Weights that
+are not finite are never saved.
+"""
 
 from __future__ import annotations
 
-import copy
 import json
-import math
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, Self
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from genflow.checkpoint import EMA_WEIGHTS, RAW_WEIGHTS, save_weights
+from genflow.checkpoint import CHECKPOINTS, EMA_WEIGHTS, METRICS, RAW_WEIGHTS, latest_name, save_weights, write_checkpoint
 from genflow.config import TrainConfig
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, TrainingDiverged, TrainingInterrupted
 from genflow.processes import GaussianProcess
+from genflow.train_state import MinibatchStream, TrainingState, warmup_cosine
+
+__all__ = [
+    "GRID_SAMPLES",
+    "MinibatchStream",
+    "Reporter",
+    "StopSignals",
+    "TrainingState",
+    "pick_device",
+    "train_loop",
+    "update_ema",
+    "warmup_cosine",
+]
 
 GRID_SAMPLES = 64
 
@@ -25,7 +43,7 @@ GRID_SAMPLES = 64
 class Reporter(Protocol):
     """Where training progress goes: a rich progress bar or plain lines."""
 
-    def start(self, total: int) -> None: ...
+    def start(self, total: int, done: int = 0) -> None: ...
     def step(self, step: int, loss: float, lr: float) -> None: ...
     def note(self, message: str) -> None: ...
     def finish(self) -> None: ...
@@ -41,18 +59,6 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
-    """Linear warm-up to the base rate, then cosine decay to zero at ``total`` (Loshchilov & Hutter 2017)."""
-
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
-
-    return factor
-
-
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
     """``ema <- d ema + (1 - d) model`` with ``d = min(decay, (1 + step) / (10 + step))``, the
@@ -61,78 +67,159 @@ def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> Non
     torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
 
 
-class MinibatchStream:
-    """Shuffled minibatches of an in-memory dataset, reshuffled every epoch from one generator."""
+class StopSignals:
+    """While active, SIGINT and SIGTERM only record which arrived first, so the step in
+    flight finishes and a checkpoint is saved; further signals (a second Ctrl-C during the
+    save) change nothing. The previous handlers come back on exit. Outside the main thread,
+    where Python cannot install handlers, it does nothing."""
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int) -> None:
-        self.data, self.batch_size = data, batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order, self.position = self._shuffle(), 0
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def _shuffle(self) -> Tensor:
-        return torch.randperm(len(self.data), generator=self.generator)
+    def __enter__(self) -> Self:
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._record) for s in self.SIGNALS}
+        return self
 
-    def next(self) -> Tensor:
-        if self.position + self.batch_size > len(self.order):
-            self.order, self.position = self._shuffle(), 0
-        index = self.order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return self.data[index.to(self.data.device)]
+    def _record(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+def optimization_step(config: TrainConfig, process: GaussianProcess, state: TrainingState) -> float | None:
+    """One AdamW step on the next minibatch; ``None`` (and no change) when the loss or the
+    gradient norm is not finite. The LR schedule advances either way, so it follows the step."""
+    autocast = torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
+    with autocast:
+        loss = process.training_loss(state.model, state.batches.next(), state.noise).mean()
+    finite = bool(torch.isfinite(loss))
+    if finite:
+        loss.backward()
+        finite = bool(torch.isfinite(nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)))
+    if finite:
+        state.optimizer.step()
+        update_ema(state.ema, state.model, config.ema_decay, state.step)
+    state.optimizer.zero_grad(set_to_none=True)
+    state.schedule.step()
+    return float(loss.detach()) if finite else None
+
+
+def count_nonfinite(config: TrainConfig, state: TrainingState, run_dir: Path, reporter: Reporter) -> None:
+    state.nonfinite_streak += 1
+    reporter.note(f"step {state.step}: non-finite loss or gradient, step skipped ({state.nonfinite_streak} in a row)")
+    if state.nonfinite_streak >= config.max_nonfinite:
+        raise TrainingDiverged(
+            f"training diverged: {state.nonfinite_streak} non-finite steps in a row up to step {state.step}; "
+            f"{last_checkpoint(run_dir)}; lower --lr or check the data"
+        )
+
+
+def last_checkpoint(run_dir: Path) -> str:
+    name = latest_name(run_dir)
+    return f"the last checkpoint is {run_dir / CHECKPOINTS / name}" if name else "no checkpoint was saved"
+
+
+def save_checkpoint(config: TrainConfig, state: TrainingState, run_dir: Path) -> Path:
+    """Commit a checkpoint of ``state``; non-finite weights are refused, and a failed write
+    (disk full, no permission) is one clear error with the previous checkpoint intact."""
+    if not state.weights_finite():
+        raise TrainingDiverged(
+            f"weights became non-finite by step {state.step} and were not saved; {last_checkpoint(run_dir)}; lower --lr"
+        )
+    previous = latest_name(run_dir)
+    try:
+        return write_checkpoint(run_dir, state.step, state.tensor_groups(), state.json_state(), config.keep_checkpoints)
+    except OSError as error:
+        kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+        raise GenflowError(
+            f"cannot save the checkpoint at step {state.step} in {run_dir / CHECKPOINTS} ({error.strerror or error}); "
+            f"{kept}: free space or fix permissions, then 'genflow train --resume {run_dir}'"
+        ) from None
+
+
+def interrupted(state: TrainingState, run_dir: Path, signum: int) -> TrainingInterrupted:
+    name = signal.Signals(signum).name
+    checkpoint = run_dir / CHECKPOINTS / f"{latest_name(run_dir)}"
+    return TrainingInterrupted(
+        f"stopped by {name} after step {state.step}; saved {checkpoint}; continue with 'genflow train --resume {run_dir}'", signum
+    )
 
 
 def train_loop(
     config: TrainConfig,
     process: GaussianProcess,
-    model: nn.Module,
-    data: Tensor,
+    state: TrainingState,
     run_dir: Path,
     reporter: Reporter,
     sample_grid: Callable[[nn.Module, int], None],
     evaluate: Callable[[nn.Module], dict] | None = None,
 ) -> nn.Module:
-    """Train ``model`` in place; returns its EMA copy. Writes metrics.jsonl (loss lines, and
-    ``evaluate(ema)``'s scores every ``eval_every`` steps) and the weights."""
-    device = next(model.parameters()).device
-    if config.batch_size > len(data):
-        raise GenflowError(f"batch_size {config.batch_size} is larger than the dataset ({len(data)} images)")
-    ema = copy.deepcopy(model).requires_grad_(False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
-    batches = MinibatchStream(data, config.batch_size, config.seed)
-    noise = torch.Generator(device=device).manual_seed(config.seed + 1)
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
-    started = time.perf_counter()
-    reporter.start(config.steps)
-    with (run_dir / "metrics.jsonl").open("a") as metrics:
-        for step in range(1, config.steps + 1):
-            with autocast:
-                loss = process.training_loss(model, batches.next(), noise).mean()
-            if not torch.isfinite(loss):
-                reporter.note(f"step {step}: non-finite loss, step skipped")
-                optimizer.zero_grad(set_to_none=True)
-                continue
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            lr = schedule.get_last_lr()[0]
-            schedule.step()
-            update_ema(ema, model, config.ema_decay, step)
-            if step % config.log_every == 0 or step == config.steps:
-                value = float(loss.detach())
-                record = {"step": step, "loss": value, "lr": lr, "seconds": round(time.perf_counter() - started, 3)}
-                metrics.write(json.dumps(record) + "\n")
-                metrics.flush()
-                reporter.step(step, value, lr)
-            if config.sample_every and step % config.sample_every == 0 and step != config.steps:
-                sample_grid(ema, step)
-            if evaluate is not None and config.eval_every and step % config.eval_every == 0:
-                scores = evaluate(ema)
-                metrics.write(json.dumps({"step": step, **scores}) + "\n")
-                metrics.flush()
-                reporter.note(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-    sample_grid(ema, config.steps)
-    save_weights(run_dir / RAW_WEIGHTS, model.unet)
-    save_weights(run_dir / EMA_WEIGHTS, ema.unet)
+    """Train ``state`` from its step to ``config.steps``; returns the EMA model. Appends loss
+    lines (and ``evaluate(ema)``'s scores every ``eval_every`` steps) to metrics.jsonl, saves a
+    checkpoint every ``checkpoint_every`` steps and at the end, then the final weights."""
+    if config.batch_size > len(state.batches.data):
+        raise GenflowError(f"batch_size {config.batch_size} is larger than the dataset ({len(state.batches.data)} images)")
+    started = time.perf_counter() - state.seconds
+    saved_step = state.step if state.step else None
+    reporter.start(config.steps, state.step)
+    with StopSignals() as signals, (run_dir / METRICS).open("a") as metrics:
+        while state.step < config.steps:
+            state.step += 1
+            loss = optimization_step(config, process, state)
+            if loss is None:
+                count_nonfinite(config, state, run_dir, reporter)
+            else:
+                state.nonfinite_streak = 0
+            state.seconds = time.perf_counter() - started
+            log_step(config, state, loss, metrics, reporter)
+            run_callbacks(config, state, metrics, reporter, sample_grid, evaluate)
+            stop = signals.received is not None and state.step < config.steps
+            if stop or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
+                save_checkpoint(config, state, run_dir)
+                saved_step = state.step
+            if stop:
+                reporter.finish()
+                raise interrupted(state, run_dir, signals.received)
+        if saved_step != state.step:
+            save_checkpoint(config, state, run_dir)
+        finish(config, state, run_dir, sample_grid)
     reporter.finish()
-    return ema
+    return state.ema
+
+
+def log_step(config: TrainConfig, state: TrainingState, loss: float | None, metrics, reporter: Reporter) -> None:
+    if loss is None or (state.step % config.log_every and state.step != config.steps):
+        return
+    lr = state.schedule.get_last_lr()[0]
+    record = {"step": state.step, "loss": loss, "lr": lr, "seconds": round(state.seconds, 3)}
+    metrics.write(json.dumps(record) + "\n")
+    metrics.flush()
+    reporter.step(state.step, loss, lr)
+
+
+def run_callbacks(config: TrainConfig, state: TrainingState, metrics, reporter: Reporter, sample_grid, evaluate) -> None:
+    """The periodic sample grid and evaluation, on the EMA weights."""
+    if config.sample_every and state.step % config.sample_every == 0 and state.step != config.steps:
+        sample_grid(state.ema, state.step)
+    if evaluate is not None and config.eval_every and state.step % config.eval_every == 0:
+        scores = evaluate(state.ema)
+        metrics.write(json.dumps({"step": state.step, **scores}) + "\n")
+        metrics.flush()
+        reporter.note(f"step {state.step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+
+
+def finish(config: TrainConfig, state: TrainingState, run_dir: Path, sample_grid: Callable[[nn.Module, int], None]) -> None:
+    """The last sample grid and the final weights (the run's ``model``/``ema.safetensors``)."""
+    sample_grid(state.ema, config.steps)
+    try:
+        save_weights(run_dir / RAW_WEIGHTS, state.model.unet)
+        save_weights(run_dir / EMA_WEIGHTS, state.ema.unet)
+    except OSError as error:
+        raise GenflowError(
+            f"cannot write the final weights in {run_dir} ({error.strerror or error}); {last_checkpoint(run_dir)}: free space, then 'genflow train --resume {run_dir}'"
+        ) from None
