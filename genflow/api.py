@@ -267,6 +267,16 @@ def ema_weights(run_dir: Path) -> tuple[dict[str, Tensor], Path]:
     return {k.removeprefix("unet."): v for k, v in checkpoint.tensors("ema").items()}, checkpoint.path / "ema.safetensors"
 
 
+def checkpoint_status(run_dir: Path, steps: int) -> str:
+    """The newest checkpoint that verifies, and whether the run is finished."""
+    checkpoint = newest_valid_checkpoint(run_dir, report=lambda message: None)
+    if checkpoint is None:
+        return "none"
+    if checkpoint.step >= steps and (run_dir / EMA_WEIGHTS).is_file():
+        return f"{checkpoint.path.name} (finished)"
+    return f"{checkpoint.path.name} ({checkpoint.step} of {steps} steps; continue with 'genflow train --resume {run_dir}')"
+
+
 def sample_run(
     loaded: LoadedRun,
     n: int,

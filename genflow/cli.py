@@ -302,6 +302,7 @@ def info(run: Annotated[str | None, typer.Argument(help="Run directory (default 
     if losses:
         last = losses[-1]
         table.add_row("last logged", f"step {last['step']}, loss {last['loss']:.4f}, {last['seconds']:.0f} s")
+    table.add_row("checkpoint", escape(api.checkpoint_status(loaded.path, train_config["steps"])))
     out_console.print(table)
 
 

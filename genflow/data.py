@@ -30,6 +30,10 @@ def load_dataset(name: str, data_dir: str | Path | None = None) -> Tensor:
     path = Path(name)
     if path.is_dir():
         return load_image_folder(path)
+    if path.exists():
+        raise GenflowError(f"dataset {name!r} is a file; give a folder of images or one of {', '.join(DATASETS)}")
+    if len(path.parts) > 1 or name.startswith("."):
+        raise GenflowError(f"dataset folder {name} does not exist; give a folder of images or one of {', '.join(DATASETS)}")
     raise GenflowError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a folder of images")
 
 
