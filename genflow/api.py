@@ -21,6 +21,7 @@ from genflow.checkpoint import (
     METRICS,
     Checkpoint,
     atomic_write,
+    load_matching,
     load_weights,
     newest_valid_checkpoint,
     point_latest,
@@ -246,10 +247,7 @@ def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
         raise GenflowError(f"{files.path / CONFIG} does not describe a genflow model: {error}") from None
     model = UNet(unet_config, process)
     weights, source = ema_weights(files.path)
-    missing, unexpected = model.unet.load_state_dict(weights, strict=False)
-    if missing or unexpected:
-        name = (missing or unexpected)[0]
-        raise GenflowError(f"{source} does not fit the model in {CONFIG} (e.g. {name!r}); was it copied from another run?")
+    load_matching(model.unet, weights, source)
     return LoadedRun(files.path, process, model.to(pick_device(device)).eval(), record)
 
 

@@ -200,13 +200,12 @@ def checkpoint_step(path: Path) -> int | None:
 
 
 def list_checkpoints(run_dir: Path) -> list[Path]:
-    """Checkpoint directories, newest first; the one ``latest`` names leads when it exists."""
+    """Checkpoint directories, newest first. A directory newer than the one ``latest`` names
+    is whole too (a kill between its rename and the pointer's update left it so)."""
     directory = run_dir / CHECKPOINTS
     if not directory.is_dir():
         return []
-    found = sorted((p for p in directory.iterdir() if checkpoint_step(p) is not None), key=checkpoint_step, reverse=True)
-    named = latest_name(run_dir)
-    return sorted(found, key=lambda p: p.name != named)  # stable: the rest stay newest first
+    return sorted((p for p in directory.iterdir() if checkpoint_step(p) is not None), key=checkpoint_step, reverse=True)
 
 
 def latest_name(run_dir: Path) -> str | None:
@@ -219,8 +218,7 @@ def latest_name(run_dir: Path) -> str | None:
 def prune_checkpoints(run_dir: Path, keep: int) -> None:
     """Remove all but the newest ``keep`` checkpoints (never the one ``latest`` names)."""
     named = latest_name(run_dir)
-    newest = sorted(list_checkpoints(run_dir), key=checkpoint_step, reverse=True)
-    for path in newest[keep:]:
+    for path in list_checkpoints(run_dir)[keep:]:
         if path.name != named:
             shutil.rmtree(path, ignore_errors=True)
 
@@ -263,12 +261,27 @@ def read_checkpoint(path: Path) -> Checkpoint:
 def newest_valid_checkpoint(run_dir: Path, report: Callable[[str], None]) -> Checkpoint | None:
     """The newest checkpoint that verifies; each one skipped is reported. ``None`` when the
     run has no checkpoint; an error when it has some and none verifies."""
-    candidates = list_checkpoints(run_dir)
+    candidates, skipped = list_checkpoints(run_dir), []
     for path in candidates:
         try:
-            return read_checkpoint(path)
+            checkpoint = read_checkpoint(path)
         except GenflowError as error:
-            report(f"skipping checkpoint {error}")
+            skipped.append(str(error))
+            continue
+        for reason in skipped:
+            report(f"skipping checkpoint {reason}")
+        return checkpoint
     if candidates:
-        raise GenflowError(f"no checkpoint in {run_dir / CHECKPOINTS} verifies; start a new run")
+        raise GenflowError(f"no checkpoint in {run_dir / CHECKPOINTS} verifies ({'; '.join(skipped)}); start a new run")
     return None
+
+
+def load_matching(module: nn.Module, tensors: dict[str, torch.Tensor], source: Path) -> None:
+    """Load ``tensors`` into ``module`` when every name and shape matches; else one clear error."""
+    expected = module.state_dict()
+    for name in sorted(expected.keys() | tensors.keys()):
+        if name not in tensors or name not in expected or tensors[name].shape != expected[name].shape:
+            found = tuple(tensors[name].shape) if name in tensors else "nothing"
+            wanted = tuple(expected[name].shape) if name in expected else "nothing"
+            raise GenflowError(f"{source} does not fit the model in {CONFIG}: {name!r} is {found}, the model needs {wanted}; was it copied from another run?")
+    module.load_state_dict(tensors)

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from genflow.checkpoint import Checkpoint
+from genflow.checkpoint import Checkpoint, load_matching
 from genflow.config import TrainConfig
 from genflow.errors import GenflowError
 
@@ -133,9 +133,17 @@ class TrainingState:
     def restore(self, checkpoint: Checkpoint, note: Callable[[str], None]) -> None:
         """Put every part of ``checkpoint`` back; only the random streams of another device
         type cannot be, which is reported (the run goes on, not bit-identically)."""
+        try:
+            self._restore(checkpoint, note)
+        except GenflowError:
+            raise
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise GenflowError(f"{checkpoint.path} verifies but does not fit this run ({error!r:.200}); was it copied from another run?") from None
+
+    def _restore(self, checkpoint: Checkpoint, note: Callable[[str], None]) -> None:
         state = checkpoint.state
-        self.model.load_state_dict(checkpoint.tensors("model"))
-        self.ema.load_state_dict(checkpoint.tensors("ema"))
+        load_matching(self.model, checkpoint.tensors("model"), checkpoint.path / "model.safetensors")
+        load_matching(self.ema, checkpoint.tensors("ema"), checkpoint.path / "ema.safetensors")
         self.optimizer.load_state_dict(optimizer_state_dict(checkpoint.tensors("optimizer"), state["optimizer"]))
         self.schedule.load_state_dict(state["schedule"])
         random = checkpoint.tensors("random")

@@ -36,3 +36,22 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Szekely's energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` between two samples."""
     a, b = a.double(), b.double()
     return float(2 * torch.cdist(a, b).mean() - torch.cdist(a, a).mean() - torch.cdist(b, b).mean())
+
+
+def invoke(*args: object):
+    """Run the genflow command in this process (Typer's runner; a traceback fails the test)."""
+    from typer.testing import CliRunner
+
+    from genflow.cli import app
+
+    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
+
+
+def expect_usage_error(result, *fragments: str) -> None:
+    """Exit code 2 and one line on stderr containing every fragment, no traceback."""
+    assert result.exit_code == 2, result.output
+    message = result.stderr.strip()
+    assert "Traceback" not in result.output and len(message.splitlines()) == 1, message
+    assert message.startswith("genflow: error: "), message
+    for fragment in fragments:
+        assert fragment in message, message

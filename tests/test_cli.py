@@ -4,18 +4,14 @@ runner and as a real subprocess."""
 from __future__ import annotations
 
 import json
-import pickle
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
+from conftest import expect_usage_error, invoke
 from PIL import Image
-from typer.testing import CliRunner
-
-from genflow.cli import app
 
 TINY_PRESET = """
 process = "rectified-flow"
@@ -32,10 +28,6 @@ block_channels = [16, 32]
 attention = [false, false]
 norm_groups = 8
 """
-
-
-def invoke(*args: str):
-    return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 
 
 def run_genflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -101,35 +93,6 @@ def test_same_seed_same_samples_at_two_batch_sizes(run_dir, tmp_path):
     assert not np.array_equal(a, np.load(tmp_path / "c.npz")["arr_0"])
 
 
-def expect_usage_error(result, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    message = result.stderr.strip()
-    assert "Traceback" not in result.output and len(message.splitlines()) == 1, message
-    for fragment in fragments:
-        assert fragment in message, message
-
-
-def test_bad_input_gets_one_line_and_exit_2(run_dir, preset, tmp_path):
-    expect_usage_error(invoke("sample", tmp_path / "nope"), "does not exist")
-    expect_usage_error(invoke("sample", tmp_path), "not a genflow run")
-    expect_usage_error(invoke("sample", run_dir, "--solver", "huen"), "did you mean 'heun'")
-    expect_usage_error(invoke("sample", run_dir, "--solver", "heun", "--eta", "0.5"), "'heun' takes no options")
-    expect_usage_error(invoke("sample", run_dir, "--solver", "euler-maruyama"), "use 'ancestral'")
-    expect_usage_error(invoke("sample", run_dir, "--grid", "karas"), "did you mean 'karras'")
-    expect_usage_error(invoke("sample", run_dir, "--steps", "0"), "steps must be")
-    expect_usage_error(invoke("sample", run_dir, "--n", "0"), "n must be >= 1")
-    expect_usage_error(invoke("sample", run_dir, "--out", tmp_path / "x.jpg"), "use a .png")
-    expect_usage_error(invoke("train", "--process", "rectified_flow"), "did you mean 'rectified-flow'")
-    expect_usage_error(invoke("train", "--process", "sde", "--coupling", "ot"), "unknown option for process 'sde'")
-    bad = tmp_path / "bad.toml"
-    bad.write_text("steps = [unclosed")
-    expect_usage_error(invoke("train", "--config", bad), "cannot read config")
-    bad.write_text("stepz = 3")
-    expect_usage_error(invoke("train", "--config", bad), "unknown key 'stepz'", "did you mean 'steps'")
-    expect_usage_error(invoke("train", "--config", tmp_path / "missing.toml"), "does not exist")
-    expect_usage_error(invoke("train", "--config", preset, "--steps", "1", "--out", run_dir), "--overwrite")
-
-
 def test_existing_output_is_kept_unless_overwrite(run_dir, tmp_path):
     out = tmp_path / "keep.png"
     out.write_bytes(b"precious")
@@ -137,14 +100,6 @@ def test_existing_output_is_kept_unless_overwrite(run_dir, tmp_path):
     assert out.read_bytes() == b"precious"
     assert invoke("sample", run_dir, "--steps", "2", "--out", out, "--overwrite").exit_code == 0
     assert out.read_bytes() != b"precious"
-
-
-def test_a_pickle_is_refused_where_safetensors_is_expected(run_dir, tmp_path):
-    copy = tmp_path / "run"
-    copy.mkdir()
-    (copy / "config.json").write_text((run_dir / "config.json").read_text())
-    (copy / "ema.safetensors").write_bytes(pickle.dumps({"weight": torch.zeros(3)}))
-    expect_usage_error(invoke("sample", copy), "not a valid safetensors file")
 
 
 def test_subprocess_train_latest_sample_and_errors(preset, tmp_path):

@@ -8,10 +8,9 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import PROCESS_CONFIGS, PROCESS_IDS
+from conftest import PROCESS_CONFIGS, PROCESS_IDS, expect_usage_error, invoke
 from sklearn.datasets import load_digits as sklearn_digits
 from sklearn.model_selection import train_test_split
-from test_cli import expect_usage_error, invoke
 
 import genflow
 from genflow import api

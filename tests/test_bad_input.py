@@ -1,0 +1,149 @@
+"""The catalogue of bad input: each case gets one line naming the fix, exit code 2, no
+traceback, and leaves every file and folder of its workspace exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import pickle
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import expect_usage_error, invoke
+from PIL import Image
+from safetensors.torch import save_file
+
+TINY_PRESET = """
+steps = 6
+batch_size = 16
+log_every = 3
+sample_every = 0
+sample_steps = 2
+checkpoint_every = 3
+device = "cpu"
+
+[model]
+block_channels = [16, 32]
+attention = [false, false]
+norm_groups = 8
+"""
+
+
+@dataclass
+class Workspace:
+    root: Path
+    run: Path
+    preset: Path
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def copy_of_run(self, name: str) -> Path:
+        return Path(shutil.copytree(self.run, self.root / name, symlinks=True))
+
+    def image_folder(self, name: str, images: list[tuple[str, int]]) -> Path:
+        """A folder of images, each (PIL mode, size)."""
+        folder = self.root / name
+        folder.mkdir()
+        for i, (mode, size) in enumerate(images):
+            Image.new(mode, (size, size)).save(folder / f"{i}.png")
+        return folder
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> Workspace:
+    root = tmp_path_factory.mktemp("workspace")
+    preset = root / "tiny.toml"
+    preset.write_text(TINY_PRESET)
+    trained = invoke("train", "--config", preset, "--out", root / "run")
+    assert trained.exit_code == 0, trained.output
+    return Workspace(root, root / "run", preset)
+
+
+def truncated(path: Path) -> Path:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    return path
+
+
+def with_pickled_weights(ws: Workspace) -> Path:
+    run = ws.copy_of_run("pickled")
+    (run / "ema.safetensors").write_bytes(pickle.dumps({"conv_in.weight": torch.zeros(3)}))
+    return run
+
+
+def with_foreign_weights(ws: Workspace) -> Path:
+    run = ws.copy_of_run("foreign")
+    save_file({"conv_in.weight": torch.zeros(8, 3, 3, 3)}, str(run / "ema.safetensors"))
+    return run
+
+
+def with_only_a_corrupt_checkpoint(ws: Workspace) -> Path:
+    run = ws.copy_of_run("corrupt-checkpoints")
+    for checkpoint in (run / "checkpoints").glob("step-*"):
+        truncated(checkpoint / "model.safetensors")
+    return run
+
+
+def existing_file(ws: Workspace, name: str) -> Path:
+    path = ws.path(name)
+    path.write_bytes(b"precious")
+    return path
+
+
+# name: (arguments built in the workspace, fragments the one-line message must hold)
+CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
+    "missing dataset folder": (lambda ws: ["train", "--dataset", ws.path("no-such-folder"), "--steps", 1], ("dataset folder", "does not exist")),
+    "empty dataset folder": (lambda ws: ["train", "--dataset", ws.image_folder("empty", []), "--steps", 1], ("no images",)),
+    "images of mixed sizes": (lambda ws: ["train", "--dataset", ws.image_folder("sizes", [("L", 8), ("L", 16)])], ("differ in size or channels",)),
+    "images of mixed channels": (lambda ws: ["train", "--dataset", ws.image_folder("channels", [("L", 8), ("RGB", 8)])], ("differ in size or channels",)),
+    "torchvision set without files": (lambda ws: ["train", "--dataset", "mnist", "--data-dir", ws.path("nothing")], ("cannot read 'mnist'",)),
+    "unknown process": (lambda ws: ["train", "--process", "rectified_flow"], ("did you mean 'rectified-flow'",)),
+    "unknown process option": (lambda ws: ["train", "--process", "sde", "--coupling", "ot"], ("unknown option for process 'sde'",)),
+    "unknown solver": (lambda ws: ["sample", ws.run, "--solver", "huen"], ("did you mean 'heun'",)),
+    "solver without the capability": (lambda ws: ["sample", ws.run, "--solver", "euler-maruyama"], ("use 'ancestral'",)),
+    "option the solver lacks": (lambda ws: ["sample", ws.run, "--solver", "heun", "--eta", 0.5], ("'heun' takes no options",)),
+    "unknown grid": (lambda ws: ["sample", ws.run, "--grid", "karas"], ("did you mean 'karras'",)),
+    "train steps zero": (lambda ws: ["train", "--steps", 0], ("steps must be a whole number >= 1",)),
+    "train steps negative": (lambda ws: ["train", "--steps", -3], ("steps must be a whole number >= 1",)),
+    "batch size zero": (lambda ws: ["train", "--batch-size", 0], ("batch_size must be",)),
+    "negative checkpoint interval": (lambda ws: ["train", "--checkpoint-every", -1], ("checkpoint_every",)),
+    "sample steps zero": (lambda ws: ["sample", ws.run, "--steps", 0], ("steps must be",)),
+    "sample n zero": (lambda ws: ["sample", ws.run, "--n", 0], ("n must be >= 1",)),
+    "sample n negative": (lambda ws: ["sample", ws.run, "--n", -4], ("n must be >= 1",)),
+    "eval n zero": (lambda ws: ["eval", ws.run, "--n", 0], ("n must be >= 1",)),
+    "missing run": (lambda ws: ["sample", ws.path("no-such-run")], ("does not exist",)),
+    "folder that is not a run": (lambda ws: ["sample", ws.image_folder("not-a-run", [])], ("not a genflow run",)),
+    "resume a folder that is not a run": (lambda ws: ["train", "--resume", ws.path("not-a-run")], ("not a genflow run",)),
+    "resume under another process": (lambda ws: ["train", "--resume", ws.run, "--process", "ddpm"], ("process is 'rectified-flow', not 'ddpm'",)),
+    "resume with another model": (lambda ws: ["train", "--resume", ws.run, "--prediction", "eps"], ("process option prediction is 'velocity', not 'eps'",)),
+    "resume with --out": (lambda ws: ["train", "--resume", ws.run, "--out", ws.path("elsewhere")], ("drop --config, --out",)),
+    "resume with no valid checkpoint": (lambda ws: ["train", "--resume", with_only_a_corrupt_checkpoint(ws)], ("verifies",)),
+    "weights of another model": (lambda ws: ["sample", with_foreign_weights(ws)], ("does not fit the model",)),
+    "pickle where safetensors is expected": (lambda ws: ["sample", with_pickled_weights(ws)], ("not a valid safetensors file",)),
+    "truncated safetensors": (lambda ws: ["sample", truncated(ws.copy_of_run("truncated") / "ema.safetensors").parent], ("not a valid safetensors file",)),
+    "sample output exists": (lambda ws: ["sample", ws.run, "--out", existing_file(ws, "kept.png")], ("exists", "--overwrite")),
+    "train output exists": (lambda ws: ["train", "--config", ws.preset, "--out", ws.run], ("--overwrite",)),
+    "sample output of unknown kind": (lambda ws: ["sample", ws.run, "--out", ws.path("x.jpg")], ("use a .png",)),
+    "unwritable sample output": (lambda ws: ["sample", ws.run, "--out", existing_file(ws, "a-file") / "grid.png"], ("cannot write",)),
+    "unwritable run directory": (lambda ws: ["train", "--config", ws.preset, "--out", existing_file(ws, "b-file") / "run"], ("cannot create run directory",)),
+    "unreadable config": (lambda ws: ["train", "--config", existing_file(ws, "bad.toml")], ("cannot read config",)),
+    "missing config": (lambda ws: ["train", "--config", ws.path("missing.toml")], ("does not exist",)),
+}
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """Every path under ``root`` with its content hash (folders as '/')."""
+    return {str(p.relative_to(root)): "/" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(root.rglob("*"))}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_exit_2_and_damages_nothing(case, workspace, monkeypatch):
+    build, fragments = CASES[case]
+    monkeypatch.chdir(workspace.root)  # a stray default output (runs/...) would show in the snapshot
+    arguments = build(workspace)
+    before = snapshot(workspace.root)
+    expect_usage_error(invoke(*arguments), *fragments)
+    assert snapshot(workspace.root) == before

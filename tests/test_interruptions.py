@@ -1,0 +1,109 @@
+"""Real processes: SIGINT and SIGTERM stop training with a checkpoint and exit 130 / 143;
+``kill -9`` at random moments always leaves a loadable latest checkpoint; resuming after
+any of these ends bit-identical to a run that was never stopped."""
+
+from __future__ import annotations
+
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from genflow.checkpoint import CHECKPOINTS, latest_name, read_checkpoint
+
+PRESET = """
+process = "rectified-flow"
+steps = 150
+batch_size = 32
+lr = 3e-3
+warmup_steps = 5
+log_every = 10
+sample_every = 0
+sample_steps = 2
+checkpoint_every = 5
+device = "cpu"
+
+[model]
+block_channels = [16, 32]
+attention = [false, false]
+norm_groups = 8
+"""
+FINAL_FILES = ("model.safetensors", "ema.safetensors", f"{CHECKPOINTS}/step-00000150/optimizer.safetensors")
+
+
+def genflow_train(*args: object) -> subprocess.Popen:
+    command = [sys.executable, "-m", "genflow", "train", *map(str, args)]
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for_new_checkpoint(run: Path, process: subprocess.Popen, timeout: float = 120) -> str:
+    """Block until ``checkpoints/latest`` names a checkpoint it did not name before."""
+    before, deadline = latest_name(run), time.monotonic() + timeout
+    while (name := latest_name(run)) is None or name == before:
+        assert process.poll() is None, f"training ended early: {process.communicate()}"
+        assert time.monotonic() < deadline, "no checkpoint appeared"
+        time.sleep(0.02)
+    return name
+
+
+def finished(process: subprocess.Popen) -> tuple[int, str]:
+    _, stderr = process.communicate(timeout=300)
+    return process.returncode, stderr
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("preset") / "tiny.toml"
+    path.write_text(PRESET)
+    return path
+
+
+@pytest.fixture(scope="module")
+def reference(preset, tmp_path_factory) -> Path:
+    run = tmp_path_factory.mktemp("reference") / "run"
+    code, stderr = finished(genflow_train("--config", preset, "--out", run))
+    assert code == 0, stderr
+    return run
+
+
+def assert_same_weights(run: Path, reference: Path) -> None:
+    for name in FINAL_FILES:
+        assert (run / name).read_bytes() == (reference / name).read_bytes(), name
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_saves_exits_128_plus_signal_and_resume_matches(preset, reference, tmp_path, signum):
+    run = tmp_path / "run"
+    training = genflow_train("--config", preset, "--out", run)
+    wait_for_new_checkpoint(run, training)
+    training.send_signal(signum)
+    code, stderr = finished(training)
+    assert code == 128 + signum, stderr
+    assert "Traceback" not in stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith(f"genflow: stopped by {signal.Signals(signum).name} after step") and f"--resume {run}" in last, last
+    stopped_at = read_checkpoint(run / CHECKPOINTS / latest_name(run)).step
+    assert 0 < stopped_at < 150 and f"step {stopped_at};" in last
+    code, stderr = finished(genflow_train("--resume", run))
+    assert code == 0, stderr
+    assert_same_weights(run, reference)
+
+
+def test_kill_9_at_random_moments_always_leaves_a_resumable_run(preset, reference, tmp_path):
+    run, moments = tmp_path / "run", random.Random(0)
+    resumes = [("--config", preset, "--out", run, "--checkpoint-every", 1)] + [("--resume", run)] * 3
+    for args in resumes:
+        training = genflow_train(*args)
+        wait_for_new_checkpoint(run, training)
+        time.sleep(moments.uniform(0.0, 0.4))  # mid-step or mid-save: with a checkpoint every step, both are likely
+        training.kill()
+        training.wait()
+        assert read_checkpoint(run / CHECKPOINTS / latest_name(run)).step < 150  # the pointer names a whole checkpoint
+    code, stderr = finished(genflow_train("--resume", run))
+    assert code == 0, stderr
+    assert not list((run / CHECKPOINTS).glob(".*"))  # what the kills left half-written is gone
+    assert_same_weights(run, reference)
