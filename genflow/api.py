@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import time
 from collections.abc import Callable
@@ -90,15 +91,20 @@ def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False,
     """Train a run as ``config`` says and return its directory."""
     setup = prepare(config)
     run_dir = new_run_dir(out, config.process, overwrite)
-    write_json(run_dir / CONFIG, run_record(config, setup.process, setup.unet_config, genflow.__version__))
-    run_training(config, setup, run_dir, reporter or SilentReporter())
+    write_json(run_dir / CONFIG, run_record(config, setup, genflow.__version__))
     if out is None or run_dir.parent == DEFAULT_RUNS:
-        point_latest(run_dir.parent, run_dir)
+        point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
+    run_training(config, setup, run_dir, reporter or SilentReporter())
     return run_dir
 
 
 def run_training(
-    config: TrainConfig, setup: TrainingSetup, run_dir: Path, reporter: Reporter, checkpoint: Checkpoint | None = None
+    config: TrainConfig,
+    setup: TrainingSetup,
+    run_dir: Path,
+    reporter: Reporter,
+    checkpoint: Checkpoint | None = None,
+    resuming: bool = False,
 ) -> None:
     """Build the model (seeded by ``config.seed``), restore ``checkpoint`` if given, and train."""
     torch.manual_seed(config.seed)
@@ -108,6 +114,8 @@ def run_training(
     if checkpoint is not None:
         state.restore(checkpoint, reporter.note)
         reporter.note(f"resuming {run_dir} from {checkpoint.path.name} (step {checkpoint.step} of {config.steps})")
+    elif resuming:
+        reporter.note(f"{run_dir} has no checkpoint yet: training from step 0")
     shape = (GRID_SAMPLES, *setup.data.shape[1:])
 
     def sample_grid(ema: torch.nn.Module, step: int) -> None:
@@ -146,7 +154,7 @@ def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | 
         done,
         {"step": done, "resumed_from": checkpoint.path.name if checkpoint else None, "changes": changes},
     )
-    run_training(config, setup, files.path, reporter, checkpoint)
+    run_training(config, setup, files.path, reporter, checkpoint, resuming=True)
     return files.path
 
 
@@ -165,6 +173,8 @@ def check_same_run(record: dict, saved: TrainConfig, config: TrainConfig, setup:
         ({k: v for k, v in saved.to_dict().items() if k not in RESUMABLE | {"process", "process_options", "model"}},
          {k: v for k, v in config.to_dict().items() if k not in RESUMABLE | {"process", "process_options", "model"}}),
     ]  # fmt: skip
+    if "data" in record:
+        candidates.append(({"data sha256": record["data"]["sha256"][:16]}, {"data sha256": data_fingerprint(setup.data)[:16]}))
     for before, after in candidates:
         for key in before.keys() | after.keys():
             if before.get(key) != after.get(key):
@@ -207,13 +217,19 @@ def training_evaluator(config: TrainConfig, process: GaussianProcess, data: Tens
     return scores
 
 
-def run_record(config: TrainConfig, process: GaussianProcess, unet: UNetConfig, version: str) -> dict:
+def run_record(config: TrainConfig, setup: TrainingSetup, version: str) -> dict:
     return {
         "genflow_version": version,
         "train": config.to_dict(),
-        "process": {"name": process.name, "options": process.options()},
-        "model": unet.to_dict(),
+        "process": {"name": setup.process.name, "options": setup.process.options()},
+        "model": setup.unet_config.to_dict(),
+        "data": {"images": len(setup.data), "sha256": data_fingerprint(setup.data)},
     }
+
+
+def data_fingerprint(data: Tensor) -> str:
+    """sha256 of the training images as float32, to tell on resume whether the data changed."""
+    return hashlib.sha256(data.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
 @dataclass

@@ -97,10 +97,9 @@ def optimization_step(config: TrainConfig, process: GaussianProcess, state: Trai
     autocast = torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     with autocast:
         loss = process.training_loss(state.model, state.batches.next(), state.noise).mean()
-    finite = bool(torch.isfinite(loss))
-    if finite:
-        loss.backward()
-        finite = bool(torch.isfinite(nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)))
+    loss.backward()
+    norm = nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+    finite = bool(torch.isfinite(loss) & torch.isfinite(norm))  # one device sync per step
     if finite:
         state.optimizer.step()
         update_ema(state.ema, state.model, config.ema_decay, state.step)
@@ -164,9 +163,18 @@ def train_loop(
     checkpoint every ``checkpoint_every`` steps and at the end, then the final weights."""
     if config.batch_size > len(state.batches.data):
         raise GenflowError(f"batch_size {config.batch_size} is larger than the dataset ({len(state.batches.data)} images)")
+    reporter.start(config.steps, state.step)
+    try:
+        run_steps(config, process, state, run_dir, reporter, sample_grid, evaluate)
+    finally:
+        reporter.finish()
+    return state.ema
+
+
+def run_steps(config: TrainConfig, process: GaussianProcess, state: TrainingState, run_dir: Path, reporter: Reporter,
+              sample_grid: Callable[[nn.Module, int], None], evaluate: Callable[[nn.Module], dict] | None) -> None:  # fmt: skip
     started = time.perf_counter() - state.seconds
     saved_step = state.step if state.step else None
-    reporter.start(config.steps, state.step)
     with StopSignals() as signals, (run_dir / METRICS).open("a") as metrics:
         while state.step < config.steps:
             state.step += 1
@@ -183,13 +191,10 @@ def train_loop(
                 save_checkpoint(config, state, run_dir)
                 saved_step = state.step
             if stop:
-                reporter.finish()
                 raise interrupted(state, run_dir, signals.received)
         if saved_step != state.step:
             save_checkpoint(config, state, run_dir)
         finish(config, state, run_dir, sample_grid)
-    reporter.finish()
-    return state.ema
 
 
 def log_step(config: TrainConfig, state: TrainingState, loss: float | None, metrics, reporter: Reporter) -> None:

@@ -169,6 +169,16 @@ def test_resume_may_raise_the_budget_and_refuses_to_change_the_run(tmp_path):
     assert resumed == [{"step": 10, "resumed_from": "step-00000010", "changes": {"steps": [10, 20]}}]
 
 
+def test_resume_refuses_changed_images(tmp_path):
+    from PIL import Image
+
+    folder = image_folder(tmp_path / "images", "L")
+    run = api.train(tiny_config(steps=2, dataset=str(folder), batch_size=16), tmp_path / "run")
+    Image.new("L", (8, 8), color=255).save(folder / "0.png")
+    with pytest.raises(GenflowError, match="data sha256 is '[0-9a-f]{16}', not '[0-9a-f]{16}'"):
+        api.resume(run, {"steps": 4})
+
+
 def test_an_unfinished_run_samples_from_its_newest_checkpoint(tmp_path):
     run = tmp_path / "run"
     interrupted_run(run, at=20)

@@ -35,9 +35,9 @@ norm_groups = 8
 FINAL_FILES = ("model.safetensors", "ema.safetensors", f"{CHECKPOINTS}/step-00000150/optimizer.safetensors")
 
 
-def genflow_train(*args: object) -> subprocess.Popen:
+def genflow_train(*args: object, cwd: Path | None = None) -> subprocess.Popen:
     command = [sys.executable, "-m", "genflow", "train", *map(str, args)]
-    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd)
 
 
 def wait_for_new_checkpoint(run: Path, process: subprocess.Popen, timeout: float = 120) -> str:
@@ -77,18 +77,18 @@ def assert_same_weights(run: Path, reference: Path) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_saves_exits_128_plus_signal_and_resume_matches(preset, reference, tmp_path, signum):
-    run = tmp_path / "run"
-    training = genflow_train("--config", preset, "--out", run)
+    run = tmp_path / "runs" / "latest"  # made when training starts, so an interrupted run can be resumed by it
+    training = genflow_train("--config", preset, cwd=tmp_path)
     wait_for_new_checkpoint(run, training)
     training.send_signal(signum)
     code, stderr = finished(training)
     assert code == 128 + signum, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith(f"genflow: stopped by {signal.Signals(signum).name} after step") and f"--resume {run}" in last, last
+    assert last.startswith(f"genflow: stopped by {signal.Signals(signum).name} after step") and "--resume runs/" in last, last
     stopped_at = read_checkpoint(run / CHECKPOINTS / latest_name(run)).step
     assert 0 < stopped_at < 150 and f"step {stopped_at};" in last
-    code, stderr = finished(genflow_train("--resume", run))
+    code, stderr = finished(genflow_train("--resume", "runs/latest", cwd=tmp_path))
     assert code == 0, stderr
     assert_same_weights(run, reference)
 
