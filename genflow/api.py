@@ -22,6 +22,8 @@ from genflow.checkpoint import (
     METRICS,
     Checkpoint,
     atomic_write,
+    clear_run,
+    exclusive_run,
     load_matching,
     load_weights,
     newest_valid_checkpoint,
@@ -54,12 +56,12 @@ def backbone_config(config: TrainConfig, data: Tensor) -> UNetConfig:
 
 def new_run_dir(out: Path | None, process: str, overwrite: bool) -> Path:
     """``out``, or ``runs/<time>-<process>``; an existing non-empty ``out`` is refused
-    unless ``overwrite``."""
+    unless ``overwrite`` (then the previous run's files in it are replaced)."""
     run_dir = out or DEFAULT_RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{process}"
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise GenflowError(f"{run_dir} exists and is not empty; choose another --out or pass --overwrite")
     try:
-        (run_dir / "samples").mkdir(parents=True, exist_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise GenflowError(f"cannot create run directory {run_dir}: {error.strerror}") from None
     return run_dir
@@ -91,10 +93,13 @@ def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False,
     """Train a run as ``config`` says and return its directory."""
     setup = prepare(config)
     run_dir = new_run_dir(out, config.process, overwrite)
-    write_json(run_dir / CONFIG, run_record(config, setup, genflow.__version__))
-    if out is None or run_dir.parent == DEFAULT_RUNS:
-        point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
-    run_training(config, setup, run_dir, reporter or SilentReporter())
+    with exclusive_run(run_dir):
+        clear_run(run_dir)
+        (run_dir / "samples").mkdir()
+        write_json(run_dir / CONFIG, run_record(config, setup, genflow.__version__))
+        if out is None or run_dir.parent == DEFAULT_RUNS:
+            point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
+        run_training(config, setup, run_dir, reporter or SilentReporter())
     return run_dir
 
 
@@ -140,21 +145,21 @@ def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | 
     config = resumed_config(saved, overrides or {})
     setup = prepare(config)
     check_same_run(files.config, saved, config, setup)
-    remove_temporaries(files.path)
-    checkpoint = newest_valid_checkpoint(files.path, reporter.note)
-    done = checkpoint.step if checkpoint else 0
-    if config.steps < done:
-        raise GenflowError(f"{files.path} is already at step {done}; --steps must be at least {done}")
-    changes = {k: [saved.to_dict()[k], v] for k, v in config.to_dict().items() if saved.to_dict()[k] != v}
-    if changes:
-        reporter.note("resume changes " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
-        write_json(files.path / CONFIG, {**files.config, "train": config.to_dict()})
-    keep_metrics_through(
-        files.path / METRICS,
-        done,
-        {"step": done, "resumed_from": checkpoint.path.name if checkpoint else None, "changes": changes},
-    )
-    run_training(config, setup, files.path, reporter, checkpoint, resuming=True)
+    with exclusive_run(files.path):
+        checkpoint = newest_valid_checkpoint(files.path, reporter.note)
+        done = checkpoint.step if checkpoint else 0
+        if config.steps < done:
+            raise GenflowError(f"{files.path} is already at step {done}; --steps must be at least {done}")
+        remove_temporaries(files.path)
+        before, after = saved.to_dict(), config.to_dict()
+        changes = {key: [before[key], value] for key, value in after.items() if before[key] != value}
+        if changes:
+            reporter.note("resume changes " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
+            write_json(files.path / CONFIG, {**files.config, "train": after})
+        resumed_from = checkpoint.path.name if checkpoint else None
+        keep_metrics_through(files.path / METRICS, done, {"step": done, "resumed_from": resumed_from, "changes": changes})
+        (files.path / "samples").mkdir(exist_ok=True)
+        run_training(config, setup, files.path, reporter, checkpoint, resuming=True)
     return files.path
 
 

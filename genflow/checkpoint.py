@@ -20,7 +20,8 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,48 @@ def read_run(run: str | Path) -> RunFiles:
         if key not in config:
             raise GenflowError(f"{config_file} lacks {key!r}; it was not written by genflow train")
     return RunFiles(path, config)
+
+
+RUN_FILES = (CONFIG, EMA_WEIGHTS, RAW_WEIGHTS, METRICS, "samples", CHECKPOINTS)
+
+
+@contextmanager
+def exclusive_run(run_dir: Path) -> Iterator[None]:
+    """Hold an advisory lock on the run directory (``flock`` on the directory itself, so no
+    file is made; the kernel drops it when the process dies, even by ``kill -9``). A second
+    process training the same run is refused instead of interleaving checkpoints."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: no flock; runs are not guarded there
+        yield
+        return
+    fd = os.open(run_dir, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise GenflowError(f"{run_dir} is being trained by another genflow process; wait for it, or stop it (Ctrl-C saves a checkpoint)") from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def clear_run(run_dir: Path) -> None:
+    """Remove what a previous run left in ``run_dir`` (for ``--overwrite``), so none of its
+    checkpoints, weights or metrics mix with the new run's; other files are left alone. A
+    folder holding such names that is not a genflow run is refused, not cleared."""
+    present = [name for name in RUN_FILES if (run_dir / name).exists() or (run_dir / name).is_symlink()]
+    if present:
+        try:
+            read_run(run_dir)
+        except GenflowError:
+            raise GenflowError(f"{run_dir} holds {', '.join(present)} but is not a genflow run; --overwrite replaces only genflow runs, so choose another --out") from None
+    for name in present:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
 
 
 @dataclass

@@ -9,6 +9,7 @@ errors, never ignored.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from genflow.registry import did_you_mean
 PRESET_DIR = Path(__file__).parent / "configs"
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+FLOAT32_MAX = 3.4028234663852886e38  # the optimizer's arithmetic is float32
 
 
 @dataclass
@@ -56,8 +58,10 @@ class TrainConfig:
                 raise GenflowError(f"{name} must be a whole number >= 1, not {getattr(self, name)!r}")
         if min(self.sample_every, self.warmup_steps, self.eval_every, self.checkpoint_every) < 0:
             raise GenflowError("sample_every, eval_every, checkpoint_every and warmup_steps must be >= 0")
-        if not self.lr > 0:
-            raise GenflowError(f"lr must be positive, not {self.lr!r}")
+        if not 0 < self.lr < FLOAT32_MAX:
+            raise GenflowError(f"lr must be a positive number (below {FLOAT32_MAX:.3g}), not {self.lr!r}")
+        if not 0 < self.grad_clip < math.inf or not 0 <= self.weight_decay < math.inf:
+            raise GenflowError(f"grad_clip must be positive and weight_decay >= 0, not {self.grad_clip!r} and {self.weight_decay!r}")
         if not 0 <= self.ema_decay < 1:
             raise GenflowError(f"ema_decay must be in [0, 1), not {self.ema_decay!r}")
         if self.device not in DEVICES:

@@ -267,3 +267,39 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(reference, tmp_pat
     monkeypatch.setattr(checkpoint_module, "save_file", real_save)
     api.resume(run)
     assert_same_run(run, reference)
+
+
+def test_overwrite_replaces_every_file_of_the_previous_run(tmp_path):
+    run = api.train(tiny_config(steps=20, checkpoint_every=5), tmp_path / "run")
+    (run / "notes.txt").write_text("mine")
+    api.train(tiny_config(steps=4, checkpoint_every=2), run, overwrite=True)
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000004", "step-00000002"]
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [4]
+    assert (run / "notes.txt").read_text() == "mine"
+
+
+def test_overwrite_refuses_a_folder_that_is_not_a_run(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "config.json").write_text("{}")
+    with pytest.raises(GenflowError, match="holds config.json but is not a genflow run"):
+        api.train(tiny_config(steps=2), folder, overwrite=True)
+    assert (folder / "config.json").read_text() == "{}"
+
+
+def test_a_run_being_trained_cannot_be_trained_by_a_second_process(reference, tmp_path):
+    import fcntl
+
+    run = tmp_path / "run"
+    interrupted_run(run, at=10)
+    fd = os.open(run, os.O_RDONLY)  # what the other process holds
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        with pytest.raises(GenflowError, match="being trained by another genflow process"):
+            api.resume(run)
+        with pytest.raises(GenflowError, match="being trained by another genflow process"):
+            api.train(tiny_config(), run, overwrite=True)
+    finally:
+        os.close(fd)
+    api.resume(run)
+    assert_same_run(run, reference)
