@@ -39,6 +39,7 @@ from genflow.nn import UNet, UNetConfig, preset_for
 from genflow.processes import GaussianProcess, make_process
 from genflow.progress import SilentReporter
 from genflow.sampling import SamplingStats
+from genflow.train_state import check_batch_size
 from genflow.training import GRID_SAMPLES, Reporter, TrainingState, pick_device, train_loop
 
 DEFAULT_RUNS = Path("runs")
@@ -85,6 +86,7 @@ def prepare(config: TrainConfig) -> TrainingSetup:
     process = make_process(config.process, **config.process_options)
     device = pick_device(config.device)
     data = load_dataset(config.dataset, config.data_dir)
+    check_batch_size(config.batch_size, len(data))
     evaluate = training_evaluator(config, process, data, device) if config.eval_every else None
     return TrainingSetup(process, device, data, backbone_config(config, data), evaluate)
 

@@ -34,10 +34,16 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+def check_batch_size(batch_size: int, images: int) -> None:
+    if batch_size > images:
+        raise GenflowError(f"batch_size {batch_size} is larger than the dataset ({images} images); lower --batch-size")
+
+
 class MinibatchStream:
     """Shuffled minibatches of an in-memory dataset, reshuffled every epoch from one generator."""
 
     def __init__(self, data: Tensor, batch_size: int, seed: int) -> None:
+        check_batch_size(batch_size, len(data))
         self.data, self.batch_size = data, batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.order, self.position = self._shuffle(), 0

@@ -161,8 +161,6 @@ def train_loop(
     """Train ``state`` from its step to ``config.steps``; returns the EMA model. Appends loss
     lines (and ``evaluate(ema)``'s scores every ``eval_every`` steps) to metrics.jsonl, saves a
     checkpoint every ``checkpoint_every`` steps and at the end, then the final weights."""
-    if config.batch_size > len(state.batches.data):
-        raise GenflowError(f"batch_size {config.batch_size} is larger than the dataset ({len(state.batches.data)} images)")
     reporter.start(config.steps, state.step)
     try:
         run_steps(config, process, state, run_dir, reporter, sample_grid, evaluate)

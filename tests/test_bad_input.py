@@ -109,6 +109,8 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "train steps zero": (lambda ws: ["train", "--steps", 0], ("steps must be a whole number >= 1",)),
     "train steps negative": (lambda ws: ["train", "--steps", -3], ("steps must be a whole number >= 1",)),
     "batch size zero": (lambda ws: ["train", "--batch-size", 0], ("batch_size must be",)),
+    "batch larger than the data": (lambda ws: ["train", "--batch-size", 5000, "--out", ws.path("big-batch")], ("lower --batch-size",)),
+    "learning rate beyond float32": (lambda ws: ["train", "--lr", 1e39], ("lr must be a positive number",)),
     "negative checkpoint interval": (lambda ws: ["train", "--checkpoint-every", -1], ("checkpoint_every",)),
     "sample steps zero": (lambda ws: ["sample", ws.run, "--steps", 0], ("steps must be",)),
     "sample n zero": (lambda ws: ["sample", ws.run, "--n", 0], ("n must be >= 1",)),
