@@ -123,3 +123,17 @@ def test_list_names_every_component():
     output = invoke("list").stdout
     for name in genflow.PROCESSES.names() + genflow.SOLVERS.names() + genflow.GRIDS.names():
         assert name in output
+
+
+def test_a_diverging_run_exits_3_with_one_line_and_saves_nothing(preset, tmp_path):
+    result = invoke("train", "--config", preset, "--lr", "1e30", "--steps", "40", "--out", tmp_path / "run")
+    assert result.exit_code == 3, result.output
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("genflow: training diverged: 10 non-finite steps in a row") and "lower --lr" in last, last
+    assert "Traceback" not in result.output
+    assert not (tmp_path / "run" / "checkpoints").exists() and not (tmp_path / "run" / "ema.safetensors").exists()
+
+
+def test_info_tells_whether_a_run_is_finished(run_dir):
+    output = invoke("info", run_dir).stdout
+    assert "checkpoint" in output and "(finished)" in output
