@@ -149,6 +149,8 @@ def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | 
     check_same_run(files.config, saved, config, setup)
     with exclusive_run(files.path):
         checkpoint = newest_valid_checkpoint(files.path, reporter.note)
+        if checkpoint is None and (files.path / EMA_WEIGHTS).exists():
+            raise GenflowError(f"{files.path} has final weights but no checkpoint to resume from (it predates checkpoints); train a new run")
         done = checkpoint.step if checkpoint else 0
         if config.steps < done:
             raise GenflowError(f"{files.path} is already at step {done}; --steps must be at least {done}")

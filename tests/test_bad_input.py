@@ -87,6 +87,12 @@ def with_only_a_corrupt_checkpoint(ws: Workspace) -> Path:
     return run
 
 
+def without_checkpoints(ws: Workspace) -> Path:
+    run = ws.copy_of_run("no-checkpoints")
+    shutil.rmtree(run / "checkpoints")
+    return run
+
+
 def existing_file(ws: Workspace, name: str) -> Path:
     path = ws.path(name)
     path.write_bytes(b"precious")
@@ -123,6 +129,7 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "resume with another model": (lambda ws: ["train", "--resume", ws.run, "--prediction", "eps"], ("process option prediction is 'velocity', not 'eps'",)),
     "resume with --out": (lambda ws: ["train", "--resume", ws.run, "--out", ws.path("elsewhere")], ("drop --config, --out",)),
     "resume with no valid checkpoint": (lambda ws: ["train", "--resume", with_only_a_corrupt_checkpoint(ws)], ("verifies",)),
+    "resume a finished run without checkpoints": (lambda ws: ["train", "--resume", without_checkpoints(ws)], ("no checkpoint to resume from",)),
     "weights of another model": (lambda ws: ["sample", with_foreign_weights(ws)], ("does not fit the model",)),
     "pickle where safetensors is expected": (lambda ws: ["sample", with_pickled_weights(ws)], ("not a valid safetensors file",)),
     "truncated safetensors": (lambda ws: ["sample", truncated(ws.copy_of_run("truncated") / "ema.safetensors").parent], ("not a valid safetensors file",)),

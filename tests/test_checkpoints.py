@@ -303,3 +303,15 @@ def test_a_run_being_trained_cannot_be_trained_by_a_second_process(reference, tm
         os.close(fd)
     api.resume(run)
     assert_same_run(run, reference)
+
+
+def test_a_run_killed_before_its_first_checkpoint_restarts_from_step_0(reference, tmp_path):
+    import shutil
+
+    run = tmp_path / "run"
+    interrupted_run(run, at=5)
+    shutil.rmtree(run / CHECKPOINTS)  # as if killed before the first save
+    recorder = Recorder()
+    api.resume(run, reporter=recorder)
+    assert any("no checkpoint yet: training from step 0" in note for note in recorder.notes), recorder.notes
+    assert_same_run(run, reference)
