@@ -63,6 +63,8 @@ class MinibatchStream:
             raise GenflowError(
                 f"the checkpoint's data order covers {len(order)} images, the dataset has {len(self.data)}; resume with the same data"
             )
+        if not torch.equal(order.sort().values, torch.arange(len(order))) or not 0 <= position <= len(order):
+            raise GenflowError("the checkpoint's data order is not a permutation of the dataset, or its position lies outside it")
         self.order, self.position = order.clone(), position
         self.generator.set_state(generator_state)
 
