@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -55,3 +58,14 @@ def expect_usage_error(result, *fragments: str) -> None:
     assert message.startswith("genflow: error: "), message
     for fragment in fragments:
         assert fragment in message, message
+
+
+TINY_MODEL = {"block_channels": [16, 32], "attention": [False, False], "norm_groups": 8}  # 0.16M parameters
+
+
+def tiny_preset(path: Path, **values: object) -> Path:
+    """Write a TOML preset with these training keys and the tiny backbone; returns ``path``."""
+    lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    lines += ["", "[model]", *(f"{key} = {json.dumps(value)}" for key, value in TINY_MODEL.items())]
+    path.write_text("\n".join(lines) + "\n")
+    return path

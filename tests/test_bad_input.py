@@ -12,24 +12,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import expect_usage_error, invoke
+from conftest import expect_usage_error, invoke, tiny_preset
 from PIL import Image
 from safetensors.torch import save_file
-
-TINY_PRESET = """
-steps = 6
-batch_size = 16
-log_every = 3
-sample_every = 0
-sample_steps = 2
-checkpoint_every = 3
-device = "cpu"
-
-[model]
-block_channels = [16, 32]
-attention = [false, false]
-norm_groups = 8
-"""
 
 
 @dataclass
@@ -56,8 +41,7 @@ class Workspace:
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory) -> Workspace:
     root = tmp_path_factory.mktemp("workspace")
-    preset = root / "tiny.toml"
-    preset.write_text(TINY_PRESET)
+    preset = tiny_preset(root / "tiny.toml", steps=6, batch_size=16, log_every=3, sample_every=0, sample_steps=2, checkpoint_every=3, device="cpu")
     trained = invoke("train", "--config", preset, "--out", root / "run")
     assert trained.exit_code == 0, trained.output
     return Workspace(root, root / "run", preset)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import TINY_MODEL
 
 from genflow import api
 from genflow.checkpoint import CHECKPOINTS, latest_name, list_checkpoints, read_checkpoint
@@ -33,7 +34,7 @@ TINY = {
     "sample_steps": 2,
     "checkpoint_every": 10,
     "device": "cpu",
-    "model": {"block_channels": [16, 32], "attention": [False, False], "norm_groups": 8},
+    "model": TINY_MODEL,
 }
 FINAL_FILES = ("model.safetensors", "ema.safetensors")
 CHECKPOINT_FILES = ("model.safetensors", "ema.safetensors", "optimizer.safetensors", "random.safetensors")

@@ -10,24 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import expect_usage_error, invoke
+from conftest import expect_usage_error, invoke, tiny_preset
 from PIL import Image
-
-TINY_PRESET = """
-process = "rectified-flow"
-steps = 500
-batch_size = 32
-lr = 3e-3
-warmup_steps = 5
-log_every = 5
-sample_every = 20
-sample_steps = 4
-
-[model]
-block_channels = [16, 32]
-attention = [false, false]
-norm_groups = 8
-"""
 
 
 def run_genflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
@@ -36,9 +20,8 @@ def run_genflow(*args: str, cwd: Path | None = None) -> subprocess.CompletedProc
 
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("presets") / "tiny.toml"
-    path.write_text(TINY_PRESET)
-    return path
+    return tiny_preset(tmp_path_factory.mktemp("presets") / "tiny.toml", process="rectified-flow", steps=500, batch_size=32, lr=3e-3,
+                       warmup_steps=5, log_every=5, sample_every=20, sample_steps=4)  # fmt: skip
 
 
 @pytest.fixture(scope="module")

@@ -12,26 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import tiny_preset
 
 from genflow.checkpoint import CHECKPOINTS, latest_name, read_checkpoint
 
-PRESET = """
-process = "rectified-flow"
-steps = 150
-batch_size = 32
-lr = 3e-3
-warmup_steps = 5
-log_every = 10
-sample_every = 0
-sample_steps = 2
-checkpoint_every = 5
-device = "cpu"
-
-[model]
-block_channels = [16, 32]
-attention = [false, false]
-norm_groups = 8
-"""
 FINAL_FILES = ("model.safetensors", "ema.safetensors", f"{CHECKPOINTS}/step-00000150/optimizer.safetensors")
 
 
@@ -57,9 +41,8 @@ def finished(process: subprocess.Popen) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("preset") / "tiny.toml"
-    path.write_text(PRESET)
-    return path
+    return tiny_preset(tmp_path_factory.mktemp("preset") / "tiny.toml", steps=150, batch_size=32, lr=3e-3, warmup_steps=5,
+                       log_every=10, sample_every=0, sample_steps=2, checkpoint_every=5, device="cpu")  # fmt: skip
 
 
 @pytest.fixture(scope="module")
