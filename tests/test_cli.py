@@ -120,3 +120,14 @@ def test_a_diverging_run_exits_3_with_one_line_and_saves_nothing(preset, tmp_pat
 def test_info_tells_whether_a_run_is_finished(run_dir):
     output = invoke("info", run_dir).stdout
     assert "checkpoint" in output and "(finished)" in output
+
+
+def test_ctrl_c_outside_training_exits_130_without_a_traceback(run_dir, monkeypatch):
+    from genflow import api
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(api, "sample_run", interrupted)
+    result = invoke("sample", run_dir, "--steps", "2")
+    assert result.exit_code == 130 and result.stderr.strip() == "genflow: interrupted", result.output
