@@ -179,9 +179,8 @@ def check_same_run(record: dict, saved: TrainConfig, config: TrainConfig, setup:
         ({"process": record["process"]["name"]}, {"process": setup.process.name}),
         ({f"process option {k}": v for k, v in record["process"]["options"].items()}, {f"process option {k}": v for k, v in setup.process.options().items()}),
         ({f"model.{k}": v for k, v in record["model"].items()}, {f"model.{k}": v for k, v in setup.unet_config.to_dict().items()}),
-        ({k: v for k, v in saved.to_dict().items() if k not in RESUMABLE | {"process", "process_options", "model"}},
-         {k: v for k, v in config.to_dict().items() if k not in RESUMABLE | {"process", "process_options", "model"}}),
-    ]  # fmt: skip
+        (fixed_keys(saved), fixed_keys(config)),
+    ]
     if "data" in record:
         candidates.append(({"data sha256": record["data"]["sha256"][:16]}, {"data sha256": data_fingerprint(setup.data)[:16]}))
     for before, after in candidates:
@@ -191,6 +190,11 @@ def check_same_run(record: dict, saved: TrainConfig, config: TrainConfig, setup:
                     f"cannot resume: this run's {key} is {before.get(key)!r}, not {after.get(key)!r}; a resume continues the same "
                     "run (only --steps and run-time settings such as --device may change); start a new run with --out instead"
                 )
+
+
+def fixed_keys(config: TrainConfig) -> dict:
+    """The training keys a resume must keep, beyond the process and model compared above."""
+    return {k: v for k, v in config.to_dict().items() if k not in RESUMABLE | {"process", "process_options", "model"}}
 
 
 def keep_metrics_through(path: Path, step: int, resumed: dict) -> None:

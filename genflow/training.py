@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Protocol, Self
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from genflow.checkpoint import CHECKPOINTS, EMA_WEIGHTS, METRICS, RAW_WEIGHTS, latest_name, save_weights, write_checkpoint
 from genflow.config import TrainConfig
@@ -91,9 +91,11 @@ class StopSignals:
             signal.signal(signum, handler)
 
 
-def optimization_step(config: TrainConfig, process: GaussianProcess, state: TrainingState) -> float | None:
-    """One AdamW step on the next minibatch; ``None`` (and no change) when the loss or the
-    gradient norm is not finite. The LR schedule advances either way, so it follows the step."""
+def optimization_step(config: TrainConfig, process: GaussianProcess, state: TrainingState) -> Tensor | None:
+    """One AdamW step on the next minibatch; returns the (detached) loss, or ``None`` (and no
+    change) when the loss or the gradient norm is not finite. The LR schedule advances either
+    way, so it follows the step. The finiteness check is the step's one device sync; the loss
+    is read to the host only when it is logged."""
     autocast = torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16")
     with autocast:
         loss = process.training_loss(state.model, state.batches.next(), state.noise).mean()
@@ -105,7 +107,7 @@ def optimization_step(config: TrainConfig, process: GaussianProcess, state: Trai
         update_ema(state.ema, state.model, config.ema_decay, state.step)
     state.optimizer.zero_grad(set_to_none=True)
     state.schedule.step()
-    return float(loss.detach()) if finite else None
+    return loss.detach() if finite else None
 
 
 def count_nonfinite(config: TrainConfig, state: TrainingState, run_dir: Path, reporter: Reporter) -> None:
@@ -195,14 +197,14 @@ def run_steps(config: TrainConfig, process: GaussianProcess, state: TrainingStat
         finish(config, state, run_dir, sample_grid)
 
 
-def log_step(config: TrainConfig, state: TrainingState, loss: float | None, metrics, reporter: Reporter) -> None:
+def log_step(config: TrainConfig, state: TrainingState, loss: Tensor | None, metrics, reporter: Reporter) -> None:
     if loss is None or (state.step % config.log_every and state.step != config.steps):
         return
-    lr = state.schedule.get_last_lr()[0]
-    record = {"step": state.step, "loss": loss, "lr": lr, "seconds": round(state.seconds, 3)}
+    value, lr = float(loss), state.schedule.get_last_lr()[0]
+    record = {"step": state.step, "loss": value, "lr": lr, "seconds": round(state.seconds, 3)}
     metrics.write(json.dumps(record) + "\n")
     metrics.flush()
-    reporter.step(state.step, loss, lr)
+    reporter.step(state.step, value, lr)
 
 
 def run_callbacks(config: TrainConfig, state: TrainingState, metrics, reporter: Reporter, sample_grid, evaluate) -> None:
