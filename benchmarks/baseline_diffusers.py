@@ -23,8 +23,8 @@ from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
 
 import genflow
 from genflow.data import load_digits, to_uint8
-from genflow.nn import UNet, preset_for
-from genflow.training import update_ema, warmup_cosine
+from genflow.nn import build_unet, preset_for
+from genflow.train import update_ema, warmup_cosine
 
 SCHEDULERS = {
     "ddim": DDIMScheduler,
@@ -37,7 +37,7 @@ SCHEDULERS = {
 def train_plain(steps: int, batch: int, lr: float, seed: int) -> torch.nn.Module:
     torch.manual_seed(seed)
     data = load_digits()
-    unet = UNet(preset_for(1, 8), genflow.make_process("ddpm")).unet
+    unet = build_unet(preset_for(1, 8))
     ema = copy.deepcopy(unet).requires_grad_(False)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=lr)

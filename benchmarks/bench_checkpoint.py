@@ -10,7 +10,6 @@ Prints medians and the share of training time that saving every N steps takes:
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -19,10 +18,10 @@ from pathlib import Path
 import torch
 
 import genflow
-from genflow.checkpoint import newest_valid_checkpoint
 from genflow.config import TrainConfig
-from genflow.nn import UNet, preset_for
-from genflow.training import TrainingState, optimization_step, save_checkpoint
+from genflow.nn import preset_for
+from genflow.runs.checkpoint import newest_valid_checkpoint
+from genflow.train import DenoisingObjective, SingleProcess, Trainer, TrainingSetup
 
 
 def median_seconds(action, repeats: int) -> float:
@@ -44,13 +43,15 @@ def main() -> None:
     channels = 3 if args.resolution == 32 else 1
     config = TrainConfig(batch_size=args.batch, steps=10**6, device="cpu")
     process = genflow.make_process("rectified-flow")
-    model = UNet(preset_for(channels, args.resolution), process)
-    data = torch.rand(4 * args.batch, channels, args.resolution, args.resolution) * 2 - 1
-    state = TrainingState.fresh(config, model, copy.deepcopy(model).requires_grad_(False), data)
-    step = median_seconds(lambda: optimization_step(config, process, state), 3 * args.repeats)
+    data = {"images": torch.rand(4 * args.batch, channels, args.resolution, args.resolution) * 2 - 1}
+    backbone = preset_for(channels, args.resolution)
+    setup = TrainingSetup(config, process, DenoisingObjective(process), data, backbone, SingleProcess("cpu"))
     with tempfile.TemporaryDirectory() as run_dir:
-        save = median_seconds(lambda: save_checkpoint(config, state, Path(run_dir)), args.repeats)
-        fresh = TrainingState.fresh(config, model, copy.deepcopy(model), data)
+        trainer = Trainer(setup, Path(run_dir))
+        model = trainer.state.model
+        step = median_seconds(trainer.step, 3 * args.repeats)
+        save = median_seconds(trainer.save_checkpoint, args.repeats)
+        fresh = Trainer(setup, Path(run_dir)).state
         read = median_seconds(lambda: fresh.restore(newest_valid_checkpoint(Path(run_dir), print), print), args.repeats)
         newest = newest_valid_checkpoint(Path(run_dir), print).path
         size = sum(p.stat().st_size for p in newest.iterdir()) / 1e6

@@ -15,7 +15,7 @@ import time
 import torch
 
 import genflow
-from genflow.nn import UNet, preset_for
+from genflow.nn import Preconditioner, preset_for
 
 
 def main() -> None:
@@ -31,7 +31,7 @@ def main() -> None:
     print(f"{'process':>15} {'solver':>10} {'NFE':>5} {'sample s':>9} {'NFE x fwd s':>12} {'ratio':>6}")
     for process_name, solver in (("rectified-flow", "euler"), ("rectified-flow", "heun"), ("ddpm", "ddim"), ("sde", "dpm++2m"), ("ddpm", "ancestral")):
         process = genflow.make_process(process_name)
-        model = UNet(preset_for(1, 8), process).to(device).eval()
+        model = Preconditioner(preset_for(1, 8), process.schedule).to(device).eval()
         x = torch.randn(args.batch, 1, 8, 8, device=device)
         t = torch.full((args.batch,), 0.5, device=device)
         sample_times, forward_times, nfe = [], [], 0

@@ -11,7 +11,6 @@ and the ratio genflow / plain.
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import tempfile
 import time
@@ -24,13 +23,12 @@ from diffusers import DDPMScheduler
 import genflow
 from genflow.config import TrainConfig
 from genflow.data import load_digits
-from genflow.nn import UNet, preset_for
-from genflow.progress import SilentReporter
-from genflow.training import TrainingState, train_loop
+from genflow.nn import build_unet, preset_for
+from genflow.train import DenoisingObjective, SingleProcess, Trainer, TrainingSetup
 
 
 def plain_diffusers(data: torch.Tensor, steps: int, batch: int, device: torch.device) -> float:
-    unet = UNet(preset_for(1, 8), genflow.make_process("ddpm")).unet.to(device)
+    unet = build_unet(preset_for(1, 8)).to(device)
     scheduler = DDPMScheduler(num_train_timesteps=1000)
     optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-3)
     started = time.perf_counter()
@@ -47,13 +45,14 @@ def plain_diffusers(data: torch.Tensor, steps: int, batch: int, device: torch.de
 
 
 def genflow_loop(data: torch.Tensor, steps: int, batch: int, device: torch.device) -> float:
-    config = TrainConfig(process="ddpm", steps=steps, batch_size=batch, sample_every=0, log_every=10)
+    config = TrainConfig(process="ddpm", steps=steps, batch_size=batch, sample_every=0, log_every=10, checkpoint_every=0)
     process = genflow.make_process("ddpm")
-    model = UNet(preset_for(1, 8), process).to(device)
-    state = TrainingState.fresh(config, model, copy.deepcopy(model).requires_grad_(False), data)
+    setup = TrainingSetup(config, process, DenoisingObjective(process), {"images": data}, preset_for(1, 8), SingleProcess(device))
     with tempfile.TemporaryDirectory() as run_dir:
+        trainer = Trainer(setup, Path(run_dir))
+        trainer.sample_grid = lambda step: None  # time the steps, not the end-of-run samples
         started = time.perf_counter()
-        train_loop(config, process, state, Path(run_dir), SilentReporter(), sample_grid=lambda ema, step: None)
+        trainer.run()
         synchronize(device)
         return steps * batch / (time.perf_counter() - started)
 

@@ -1,7 +1,8 @@
 """Training configuration: a dataclass, preset TOML files, overrides, validation.
 
 A preset is a TOML file of ``TrainConfig`` keys, with ``[process_options]`` and ``[model]``
-tables. ``genflow train`` starts from the preset of the chosen process (``genflow/configs``)
+tables. ``genflow train`` starts from the preset of the chosen process (the ``configs/``
+folder, installed as ``genflow.configs``)
 or from ``--config FILE``; flags given on the command line override it. Unknown keys are
 errors, never ignored.
 """
@@ -11,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from importlib import resources
+from importlib.abc import Traversable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,7 +21,7 @@ from typing import Any
 from genflow.errors import GenflowError
 from genflow.registry import did_you_mean
 
-PRESET_DIR = Path(__file__).parent / "configs"
+PRESETS: Traversable = resources.files("genflow.configs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer's arithmetic is float32
@@ -73,6 +76,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def with_resolved(self, process_options: dict[str, Any], model: dict[str, Any]) -> TrainConfig:
+        """This config with the process options and the backbone it resolved to (every value
+        spelled out, so that a run's record does not depend on today's defaults)."""
+        return dataclasses.replace(self, process_options=process_options, model=model)
+
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
         known = [f.name for f in dataclasses.fields(cls)]
@@ -82,17 +90,20 @@ class TrainConfig:
         return cls(**values)
 
 
-def preset_path(name_or_path: str) -> Path:
-    """A preset by process name (``genflow/configs/<name>.toml``) or a TOML file path."""
+def preset_names() -> list[str]:
+    return sorted(p.name.removesuffix(".toml") for p in PRESETS.iterdir() if p.name.endswith(".toml"))
+
+
+def preset_path(name_or_path: str) -> Path | Traversable:
+    """A preset by process name (``configs/<name>.toml``) or a TOML file path."""
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         if not path.is_file():
             raise GenflowError(f"config file {path} does not exist")
         return path
-    preset = PRESET_DIR / f"{name_or_path}.toml"
+    preset = PRESETS / f"{name_or_path}.toml"
     if not preset.is_file():
-        names = sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
-        raise GenflowError(f"no preset {name_or_path!r}; {did_you_mean(name_or_path, names)}, or give a .toml path")
+        raise GenflowError(f"no preset {name_or_path!r}; {did_you_mean(name_or_path, preset_names())}, or give a .toml path")
     return preset
 
 
@@ -105,12 +116,16 @@ def read_preset(name_or_path: str) -> dict[str, Any]:
         raise GenflowError(f"cannot read config {path}: {error}") from None
 
 
+def merge_values(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with ``overrides`` on top: keys whose value is ``None`` were not given;
+    ``process_options`` merge key by key."""
+    merged = values | {k: v for k, v in overrides.items() if v is not None and k != "process_options"}
+    merged["process_options"] = {**values.get("process_options", {}), **(overrides.get("process_options") or {})}
+    return merged
+
+
 def resolve_config(config_file: str | None, process: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """Preset (``config_file``, else the preset of ``process``, else rectified-flow's), then
     ``overrides`` (flags given on the command line; ``None`` values mean not given)."""
-    values = read_preset(config_file or process or "rectified-flow")
-    values.update({k: v for k, v in overrides.items() if v is not None and k != "process_options"})
-    values["process_options"] = {**values.get("process_options", {}), **overrides.get("process_options", {})}
-    if process is not None:
-        values["process"] = process
+    values = merge_values(read_preset(config_file or process or "rectified-flow"), overrides | {"process": process})
     return TrainConfig.from_dict(values, source=config_file or "preset").validate()

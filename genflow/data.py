@@ -82,7 +82,13 @@ def load_image_folder(path: Path) -> Tensor:
 
 
 def uint8_to_unit_range(images: Tensor) -> Tensor:
+    """uint8 images (0..255) as floats in [-1, 1]; the inverse of :func:`to_uint8`."""
     return images.float() / 127.5 - 1.0
+
+
+def to_unit_interval(images: Tensor) -> Tensor:
+    """[-1, 1] floats to [0, 1] (what image writers take), clipping what falls outside."""
+    return (images.float().clamp(-1, 1) + 1) / 2
 
 
 def to_uint8(images: Tensor) -> Tensor:

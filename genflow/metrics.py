@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -21,6 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from genflow.errors import GenflowError
+from genflow.storage import sha256_file
 
 ASSETS = Path(__file__).parent / "assets"
 DIGITS_CLASSIFIER = ASSETS / "digits_classifier.safetensors"
@@ -54,16 +54,12 @@ class DigitsClassifier(nn.Module):
         return self.head(self.features(x))
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def load_digits_classifier() -> DigitsClassifier:
     """The shipped classifier, after checking its file against the recorded sha256."""
     from safetensors.torch import load_file
 
     card = json.loads(DIGITS_CLASSIFIER_CARD.read_text())
-    if sha256(DIGITS_CLASSIFIER) != card["sha256"]:
+    if sha256_file(DIGITS_CLASSIFIER) != card["sha256"]:
         raise GenflowError(f"{DIGITS_CLASSIFIER} does not match its recorded sha256; reinstall genflow")
     model = DigitsClassifier()
     model.load_state_dict(load_file(str(DIGITS_CLASSIFIER)))

@@ -4,10 +4,19 @@ from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
+from typing import Protocol, TextIO
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+
+class Reporter(Protocol):
+    """Where training progress goes: a rich progress bar or plain lines."""
+
+    def start(self, total: int, done: int = 0) -> None: ...
+    def step(self, step: int, loss: float, lr: float) -> None: ...
+    def note(self, message: str) -> None: ...
+    def finish(self) -> None: ...
 
 
 class PlainReporter:
@@ -74,7 +83,7 @@ class SilentReporter(PlainReporter):
         pass
 
 
-def reporter_for(stream: TextIO | None = None):
+def reporter_for(stream: TextIO | None = None) -> Reporter:
     """Rich on a terminal, plain lines when not."""
     stream = stream or sys.stderr
     return RichReporter() if stream.isatty() else PlainReporter(stream)

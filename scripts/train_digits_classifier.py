@@ -17,7 +17,8 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from genflow.metrics import DIGITS_CLASSIFIER, DIGITS_CLASSIFIER_CARD, DigitsClassifier, sha256
+from genflow.metrics import DIGITS_CLASSIFIER, DIGITS_CLASSIFIER_CARD, DigitsClassifier
+from genflow.storage import sha256_file
 
 EPOCHS, BATCH, LR, SEED = 40, 64, 2e-3, 0
 
@@ -45,7 +46,7 @@ def main() -> None:
         accuracy = float((model(test_x).argmax(1) == test_y).float().mean())
     save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(DIGITS_CLASSIFIER))
     card = {
-        "sha256": sha256(DIGITS_CLASSIFIER),
+        "sha256": sha256_file(DIGITS_CLASSIFIER),
         "test_accuracy": round(accuracy, 4),
         "split": "sklearn digits, train_test_split(test_size=0.25, stratify=labels, random_state=0)",
         "train_images": len(train_idx),

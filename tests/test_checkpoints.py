@@ -5,7 +5,6 @@ previous checkpoint."""
 
 from __future__ import annotations
 
-import copy
 import errno
 import json
 import os
@@ -17,12 +16,11 @@ import torch
 from conftest import TINY_MODEL
 
 from genflow import api
-from genflow.checkpoint import CHECKPOINTS, latest_name, list_checkpoints, read_checkpoint
 from genflow.config import TrainConfig
 from genflow.errors import GenflowError, TrainingDiverged, TrainingInterrupted
-from genflow.nn import UNet
 from genflow.progress import SilentReporter
-from genflow.training import StopSignals, TrainingState, save_checkpoint
+from genflow.runs.checkpoint import CHECKPOINTS, latest_name, list_checkpoints, read_checkpoint
+from genflow.train import StopSignals, Trainer
 
 TINY = {
     "steps": 30,
@@ -203,7 +201,7 @@ def flaky_training(run: Path, bad: set[int], monkeypatch, **changes) -> Recorder
     monkeypatch.setattr(process_class, "training_loss", flaky_loss)
     (run / "samples").mkdir(parents=True)
     recorder = Recorder()
-    api.run_training(config, setup, run, recorder)
+    Trainer(setup, run, recorder).run()
     return recorder
 
 
@@ -232,21 +230,18 @@ def test_k_nonfinite_steps_in_a_row_stop_training_with_exit_code_3(tmp_path, mon
 
 
 def test_nonfinite_weights_are_never_saved(tmp_path):
-    config = tiny_config()
-    setup = api.prepare(config)
-    model = UNet(setup.unet_config, setup.process)
-    state = TrainingState.fresh(config, model, copy.deepcopy(model), setup.data)
-    save_checkpoint(config, state, tmp_path)
+    trainer = Trainer(api.prepare(tiny_config()), tmp_path)
+    trainer.save_checkpoint()
     with torch.no_grad():
-        next(state.ema.parameters())[0] = float("inf")
-    state.step = 1
+        next(trainer.state.ema.parameters())[0] = float("inf")
+    trainer.state.step = 1
     with pytest.raises(TrainingDiverged, match="weights became non-finite by step 1 and were not saved; the last checkpoint is .*step-00000000"):
-        save_checkpoint(config, state, tmp_path)
+        trainer.save_checkpoint()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000000"]
 
 
 def test_disk_full_while_saving_keeps_the_previous_checkpoint(reference, tmp_path, monkeypatch):
-    import genflow.checkpoint as checkpoint_module
+    import genflow.runs.checkpoint as checkpoint_module
 
     real_save, calls = checkpoint_module.save_file, []
 

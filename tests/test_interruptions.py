@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from conftest import tiny_preset
 
-from genflow.checkpoint import CHECKPOINTS, latest_name, read_checkpoint
+from genflow.runs.checkpoint import CHECKPOINTS, latest_name, read_checkpoint
 
 FINAL_FILES = ("model.safetensors", "ema.safetensors", f"{CHECKPOINTS}/step-00000150/optimizer.safetensors")
 

@@ -1,10 +1,7 @@
-"""The shared backbone: diffusers' ``UNet2DModel`` behind ``model(x, t)`` in process time.
+"""The shared backbone: diffusers' ``UNet2DModel``, its shape and the presets by resolution.
 
-The UNet knows nothing about processes. :class:`UNet` maps process time ``t`` in [0, 1] to
-the embedding's timestep ``999 t`` (DDPM's range, Ho et al. 2020) and scales its input by
-``1 / sqrt(alpha^2 + sigma^2)`` taken from the path it is bound to, the input part of EDM's
-preconditioning (Karras et al. 2022, table 1, ``c_in`` with sigma_data = 1) that keeps a
-VE input of standard deviation 50 in range.
+The backbone knows nothing about processes or process time; :mod:`genflow.nn.precond` puts
+it behind ``model(x, t)``.
 """
 
 from __future__ import annotations
@@ -12,14 +9,9 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
-import torch
 from diffusers import UNet2DModel
-from torch import Tensor, nn
 
 from genflow.errors import GenflowError
-from genflow.processes.base import GaussianProcess
-
-TIMESTEP_SCALE = 999.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +61,7 @@ def preset_for(channels: int, resolution: int) -> UNetConfig:
 
 
 def build_unet(config: UNetConfig) -> UNet2DModel:
+    """A freshly initialised ``UNet2DModel`` of this shape (weights from torch's global generator)."""
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention))
     return UNet2DModel(
@@ -83,18 +76,3 @@ def build_unet(config: UNetConfig) -> UNet2DModel:
         attention_head_dim=32,
         dropout=config.dropout,
     )
-
-
-class UNet(nn.Module):
-    """``UNet(config, process)(x, t) -> prediction`` with ``t`` of shape ``(B,)`` in [0, 1]."""
-
-    def __init__(self, config: UNetConfig, process: GaussianProcess) -> None:
-        super().__init__()
-        self.config = config
-        self.process = process
-        self.unet = build_unet(config)
-
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        s = self.process.schedule(t.float()).broadcast_to(x)
-        scaled = x * torch.rsqrt(s.alpha**2 + s.sigma**2)
-        return self.unet(scaled, t * TIMESTEP_SCALE).sample.to(x.dtype)

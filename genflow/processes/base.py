@@ -96,6 +96,12 @@ def half_log_snr(s: Schedule) -> float:
     return math.log(s.alpha) - math.log(s.sigma)
 
 
+def option(default: object, help: str) -> object:
+    """A process option: a dataclass field with its default and one line of help, which the
+    command line turns into a flag."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     """Refuse an option value outside ``choices`` with a one-line message."""
     if value not in choices:
@@ -115,7 +121,7 @@ class GaussianProcess(ABC):
     summary: ClassVar[str]
     default_solver: ClassVar[str]
     default_grid: ClassVar[str] = "uniform"
-    prediction: str = "eps"
+    prediction: str = option("eps", "network output: eps, x0, v or velocity")
 
     def __post_init__(self) -> None:
         check_choice("prediction", self.prediction, PREDICTIONS)
@@ -191,6 +197,12 @@ class GaussianProcess(ABC):
     @classmethod
     def option_names(cls) -> list[str]:
         return [f.name for f in dataclasses.fields(cls)]
+
+    @classmethod
+    def option_fields(cls) -> list[dataclasses.Field]:
+        """The options as dataclass fields: ``name``, ``type`` (its name), ``default`` and
+        ``metadata["help"]``."""
+        return list(dataclasses.fields(cls))
 
     @classmethod
     def inapplicable_options(cls, options: dict[str, object]) -> list[str]:

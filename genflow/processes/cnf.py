@@ -10,7 +10,7 @@ from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
 from genflow.errors import GenflowError
-from genflow.processes.base import GaussianProcess, Schedule, check_choice
+from genflow.processes.base import GaussianProcess, Schedule, check_choice, option
 
 COUPLINGS = ("independent", "ot")
 
@@ -34,9 +34,9 @@ class CNF(GaussianProcess):
     summary = "flow matching with the sigma_min OT path, independent or minibatch-OT coupling (Lipman et al. 2023)"
     default_solver = "dopri5"
 
-    prediction: str = "velocity"
-    sigma_min: float = 1e-4
-    coupling: str = "independent"
+    prediction: str = option("velocity", "network output: eps, x0, v or velocity")
+    sigma_min: float = option(1e-4, "width of the path at the data (Lipman et al. 2023)")
+    coupling: str = option("independent", "noise-data pairing: independent or ot (minibatch optimal transport, Tong et al. 2023)")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -17,7 +17,7 @@ import torch
 from torch import Tensor
 
 from genflow.errors import GenflowError
-from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive
+from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive, option
 
 BETA_SCHEDULES = ("linear", "cosine")
 
@@ -66,10 +66,10 @@ class DDPM(GaussianProcess):
     summary = "discrete T=1000 diffusion, linear or cosine betas; ancestral sampling (Ho et al. 2020)"
     default_solver = "ancestral"
 
-    beta_schedule: str = "linear"
-    timesteps: int = 1000
-    beta_start: float = 1e-4
-    beta_end: float = 0.02
+    beta_schedule: str = option("linear", "beta schedule: linear or cosine")
+    timesteps: int = option(1000, "discrete steps T")
+    beta_start: float = option(1e-4, "first beta of the linear schedule")
+    beta_end: float = option(0.02, "last beta of the linear schedule")
 
     def __post_init__(self) -> None:
         super().__post_init__()

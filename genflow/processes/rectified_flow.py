@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive
+from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive, option
 
 TIME_SAMPLINGS = ("uniform", "logit-normal")
 
@@ -21,10 +21,10 @@ class RectifiedFlow(GaussianProcess):
     summary = "straight path x_t = (1-t) x0 + t eps, velocity prediction (Liu, Gong & Liu 2022)"
     default_solver = "euler"
 
-    prediction: str = "velocity"
-    time_sampling: str = "uniform"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
+    prediction: str = option("velocity", "network output: eps, x0, v or velocity")
+    time_sampling: str = option("uniform", "training times: uniform or logit-normal (Esser et al. 2024)")
+    logit_mean: float = option(0.0, "mean of the logit-normal training times")
+    logit_std: float = option(1.0, "standard deviation of the logit-normal training times")
 
     def __post_init__(self) -> None:
         super().__post_init__()

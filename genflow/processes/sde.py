@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive
+from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive, option
 
 SDE_KINDS = ("vp", "ve", "subvp")
 VP_OPTIONS = ("beta_min", "beta_max")
@@ -29,11 +29,11 @@ class ScoreSDE(GaussianProcess):
     summary = "score SDE (vp, ve, subvp); reverse SDE or probability-flow ODE (Song et al. 2021)"
     default_solver = "euler-maruyama"
 
-    sde: str = "vp"
-    beta_min: float = 0.1
-    beta_max: float = 20.0
-    sigma_min: float = 0.01
-    sigma_max: float = 50.0
+    sde: str = option("vp", "sde variant: vp, ve or subvp")
+    beta_min: float = option(0.1, "vp/subvp beta at t = 0")
+    beta_max: float = option(20.0, "vp/subvp beta at t = 1")
+    sigma_min: float = option(0.01, "ve sigma at t = 0")
+    sigma_max: float = option(50.0, "ve sigma at t = 1")
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,4 +1,4 @@
-"""Everything a training checkpoint holds, and how it goes back in place.
+"""The state of a training run: everything a checkpoint holds, and how it goes back in place.
 
 Model and EMA weights, the optimizer's moments, the learning-rate schedule, the step, every
 random stream (torch's global CPU and CUDA generators, the training-noise generator, the
@@ -10,16 +10,20 @@ all of it makes a resumed run continue exactly where the interrupted one stopped
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from genflow.checkpoint import Checkpoint, load_matching
 from genflow.config import TrainConfig
 from genflow.errors import GenflowError
+from genflow.runs.checkpoint import Checkpoint
+from genflow.storage import all_finite, cpu_state_dict, load_matching
+
+Batch = dict[str, Tensor]
+"""A training batch: ``images`` (B, C, H, W) in [-1, 1]; later also ``labels`` (B,) or paired ``noise``."""
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -40,41 +44,37 @@ def check_batch_size(batch_size: int, images: int) -> None:
 
 
 class MinibatchStream:
-    """Shuffled minibatches of an in-memory dataset, reshuffled every epoch from one generator."""
+    """Shuffled minibatches of an in-memory dataset, reshuffled every epoch from one generator.
 
-    def __init__(self, data: Tensor, batch_size: int, seed: int) -> None:
-        check_batch_size(batch_size, len(data))
-        self.data, self.batch_size = data, batch_size
+    The dataset is a mapping of tensors that share their first dimension (``images``, and
+    whatever else a sample carries); every batch is the same mapping, indexed alike."""
+
+    def __init__(self, data: Mapping[str, Tensor], batch_size: int, seed: int) -> None:
+        self.size = len(data["images"])
+        check_batch_size(batch_size, self.size)
+        self.data, self.batch_size = dict(data), batch_size
         self.generator = torch.Generator().manual_seed(seed)
         self.order, self.position = self._shuffle(), 0
 
     def _shuffle(self) -> Tensor:
-        return torch.randperm(len(self.data), generator=self.generator)
+        return torch.randperm(self.size, generator=self.generator)
 
-    def next(self) -> Tensor:
+    def next(self) -> Batch:
         if self.position + self.batch_size > len(self.order):
             self.order, self.position = self._shuffle(), 0
         index = self.order[self.position : self.position + self.batch_size]
         self.position += self.batch_size
-        return self.data[index.to(self.data.device)]
+        return {key: values[index.to(values.device)] for key, values in self.data.items()}
 
     def restore(self, order: Tensor, position: int, generator_state: Tensor) -> None:
-        if len(order) != len(self.data):
+        if len(order) != self.size:
             raise GenflowError(
-                f"the checkpoint's data order covers {len(order)} images, the dataset has {len(self.data)}; resume with the same data"
+                f"the checkpoint's data order covers {len(order)} images, the dataset has {self.size}; resume with the same data"
             )
         if not torch.equal(order.sort().values, torch.arange(len(order))) or not 0 <= position <= len(order):
             raise GenflowError("the checkpoint's data order is not a permutation of the dataset, or its position lies outside it")
         self.order, self.position = order.clone(), position
         self.generator.set_state(generator_state)
-
-
-def cpu_tensors(module: nn.Module) -> dict[str, Tensor]:
-    return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-
-
-def all_finite(module: nn.Module) -> bool:
-    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
 
 
 @dataclass
@@ -92,7 +92,7 @@ class TrainingState:
     nonfinite_streak: int = 0
 
     @classmethod
-    def fresh(cls, config: TrainConfig, model: nn.Module, ema: nn.Module, data: Tensor) -> TrainingState:
+    def fresh(cls, config: TrainConfig, model: nn.Module, ema: nn.Module, data: Mapping[str, Tensor]) -> TrainingState:
         """AdamW with warm-up and cosine decay, data order from ``seed``, noise from ``seed + 1``."""
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
@@ -110,8 +110,8 @@ class TrainingState:
     def tensor_groups(self) -> dict[str, dict[str, Tensor]]:
         """What goes to safetensors: one dict per file."""
         return {
-            "model": cpu_tensors(self.model),
-            "ema": cpu_tensors(self.ema),
+            "model": cpu_state_dict(self.model),
+            "ema": cpu_state_dict(self.ema),
             "optimizer": optimizer_tensors(self.optimizer),
             "random": self.random_tensors(),
         }

@@ -1,0 +1,143 @@
+"""The Typer app, the one-line error handling every command shares, and flags derived from the
+registries (one per process option, one per solver option), so that a new option needs no
+edit here."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+import genflow
+from genflow.errors import GenflowError, TrainingStopped
+
+EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130
+
+app = typer.Typer(
+    help="Train, sample and compare diffusion and flow models.", no_args_is_help=True, pretty_exceptions_enable=False
+)
+out_console = Console()
+
+
+def fails_cleanly(command: Callable) -> Callable:
+    """One line on stderr instead of a traceback: a :class:`GenflowError` exits 2, a stopped
+    training run its own code (3 diverged, 130/143 interrupted), a Ctrl-C outside training 130."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except GenflowError as error:
+            print(f"genflow: error: {error}", file=sys.stderr)
+            raise typer.Exit(EXIT_USAGE) from None
+        except TrainingStopped as stopped:
+            print(f"genflow: {stopped}", file=sys.stderr)
+            raise typer.Exit(stopped.exit_code) from None
+        except KeyboardInterrupt:
+            print("genflow: interrupted", file=sys.stderr)
+            raise typer.Exit(EXIT_INTERRUPTED) from None
+
+    return wrapper
+
+
+def show_version(value: bool) -> None:
+    if value:
+        print(f"genflow {genflow.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool | None, typer.Option("--version", callback=show_version, is_eager=True, help="Print the version.")
+    ] = None,
+) -> None:
+    """Train, sample and compare diffusion and flow models."""
+
+
+def parse_assignments(assignments: list[str]) -> dict[str, object]:
+    """``key=value`` pairs; values parse as TOML scalars (numbers, true/false, strings)."""
+    import tomllib
+
+    parsed: dict[str, object] = {}
+    for item in assignments:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise GenflowError(f"--option takes key=value, not {item!r}")
+        try:
+            parsed[key.strip()] = tomllib.loads(f"v = {value}")["v"]
+        except tomllib.TOMLDecodeError:
+            parsed[key.strip()] = value
+    return parsed
+
+
+# --- flags derived from the registries ------------------------------------------------
+@dataclass(frozen=True)
+class DerivedFlag:
+    """A command-line flag for an option some registry entries take."""
+
+    name: str
+    kind: type
+    help: str
+    aliases: tuple[str, ...] = ()
+
+    def parameter(self) -> inspect.Parameter:
+        decls = (f"--{self.name.replace('_', '-')}", *self.aliases)
+        option = typer.Option(*decls, help=self.help, show_default=False)
+        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[self.kind | None, option])
+
+
+def merged_flags(entries: list[tuple[str, str, Any, str]], aliases: dict[str, tuple[str, ...]] | None = None) -> list[DerivedFlag]:
+    """One flag per option name from ``(owner, option, default, help)`` rows; an option several
+    owners share gets one flag whose help names each owner (and its default)."""
+    by_name: dict[str, list[tuple[str, Any, str]]] = {}
+    for owner, name, default, help in entries:
+        by_name.setdefault(name, []).append((owner, default, help))
+    flags = []
+    for name, uses in by_name.items():
+        kinds = {type(default) for _, default, _ in uses}
+        kind = kinds.pop() if len(kinds) == 1 else float
+        helps = {}
+        for owner, default, help in uses:
+            helps.setdefault(f"{help} (default {default:g})" if isinstance(default, float) else f"{help} (default {default})", []).append(owner)
+        text = "; ".join(f"{'/'.join(owners)}: {help}" for help, owners in helps.items()) + "."
+        flags.append(DerivedFlag(name, kind, text, (aliases or {}).get(name, ())))
+    return flags
+
+
+def process_flags() -> list[DerivedFlag]:
+    """One flag per process option (``--schedule`` also names ``--beta-schedule``, as it always has)."""
+    rows = [(name, f.name, f.default, f.metadata.get("help", f.name)) for name, cls in genflow.PROCESSES.items() for f in cls.option_fields()]
+    return merged_flags(rows, aliases={"beta_schedule": ("--schedule",)})
+
+
+def solver_flags() -> list[DerivedFlag]:
+    rows = [(name, option, spec.default, spec.help) for name, solver in genflow.SOLVERS.items() for option, spec in solver.options.items()]
+    return merged_flags(rows)
+
+
+def with_flags(flags: list[DerivedFlag], into: str) -> Callable[[Callable], Callable]:
+    """Give a command one keyword flag per entry of ``flags``; the values given (not ``None``)
+    reach it as one dict, the keyword ``into``."""
+
+    def decorate(command: Callable) -> Callable:
+        signature = inspect.signature(command, eval_str=True)
+        kept = [p for p in signature.parameters.values() if p.name != into]
+        names = [flag.name for flag in flags]
+
+        @functools.wraps(command)
+        def wrapper(*args, **kwargs):
+            given = {name: kwargs.pop(name) for name in names if name in kwargs}
+            return command(*args, **kwargs, **{into: {k: v for k, v in given.items() if v is not None}})
+
+        wrapper.__signature__ = signature.replace(parameters=kept + [flag.parameter() for flag in flags])
+        return wrapper
+
+    return decorate

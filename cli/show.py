@@ -1,0 +1,51 @@
+"""``genflow list`` and ``genflow info``: what genflow has, and what a run is."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated
+
+import typer
+from rich.markup import escape
+from rich.table import Table
+
+import genflow
+from genflow import api
+from genflow.cli.core import app, fails_cleanly, out_console
+from genflow.runs.files import logged_losses
+
+
+@app.command("list")
+def list_components() -> None:
+    """List processes, solvers and time grids."""
+    for title, rows in (
+        ("processes", [(name, cls.summary) for name, cls in genflow.PROCESSES.items()]),
+        ("solvers", [(name, spec.summary) for name, spec in genflow.SOLVERS.items()]),
+        ("grids", [(name, summary) for name, (_, summary) in genflow.GRIDS.items()]),
+    ):
+        table = Table(title=title, show_header=False, title_justify="left")
+        for name, summary in rows:
+            table.add_row(name, summary)
+        out_console.print(table)
+
+
+@app.command()
+@fails_cleanly
+def info(run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None) -> None:
+    """Show a run's process, model, training config and last logged loss."""
+    loaded = api.load(run, device="cpu")
+    train_config = loaded.config["train"]
+    parameters = sum(p.numel() for p in loaded.model.parameters())
+    table = Table(title=str(loaded.path), show_header=False, title_justify="left")
+    table.add_row("process", escape(f"{loaded.process.name} {json.dumps(loaded.process.options())}"))
+    table.add_row("default solver", loaded.process.default_solver)
+    table.add_row("model", escape(f"{parameters / 1e6:.2f}M parameters, {json.dumps(loaded.config['model'])}"))
+    table.add_row("data", f"{train_config['dataset']}")
+    for key in ("steps", "batch_size", "lr", "ema_decay", "seed"):
+        table.add_row(key, str(train_config[key]))
+    losses = logged_losses(loaded.path)
+    if losses:
+        last = losses[-1]
+        table.add_row("last logged", f"step {last['step']}, loss {last['loss']:.4f}, {last['seconds']:.0f} s")
+    table.add_row("checkpoint", escape(api.checkpoint_status(loaded.path, train_config["steps"])))
+    out_console.print(table)

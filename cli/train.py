@@ -1,0 +1,70 @@
+"""``genflow train``: a new run from a preset and flags, or ``--resume RUN``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import genflow
+from genflow import api
+from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, with_flags
+from genflow.config import resolve_config
+from genflow.errors import GenflowError
+from genflow.progress import reporter_for
+
+PROCESS_FLAGS = process_flags()
+OPTION_NAMES = ", ".join(flag.name for flag in PROCESS_FLAGS)
+
+
+@app.command()
+@fails_cleanly
+@with_flags(PROCESS_FLAGS, into="named_options")
+def train(
+    process: Annotated[str | None, typer.Option(help=f"Process: {', '.join(genflow.PROCESSES.names())}.")] = None,
+    config: Annotated[str | None, typer.Option("--config", help="Preset name or TOML file; flags override it.")] = None,
+    dataset: Annotated[
+        str | None, typer.Option(help="digits (embedded), mnist, fashion-mnist, cifar10, or an image folder.")
+    ] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where torchvision's dataset files are (never downloaded).")] = None,
+    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
+    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
+    seed: Annotated[int | None, typer.Option(help="Seed for weights, data order and noise.")] = None,
+    device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    sample_every: Annotated[int | None, typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
+    eval_every: Annotated[
+        int | None, typer.Option(help="Log the Frechet distance to metrics.jsonl every N steps (digits).")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", "-o", help=f"Any process option as key=value ({OPTION_NAMES}).")
+    ] = None,
+    checkpoint_every: Annotated[int | None, typer.Option(help="Save a checkpoint every N steps (0: only at the end).")] = None,
+    keep_checkpoints: Annotated[int | None, typer.Option(help="How many of the newest checkpoints to keep.")] = None,
+    out: Annotated[Path | None, typer.Option(help="Run directory (default runs/<time>-<process>).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Allow --out to be an existing, non-empty directory.")] = False,
+    resume: Annotated[
+        Path | None, typer.Option(help="Continue this run from its newest valid checkpoint (--steps may raise its budget).")
+    ] = None,
+    named_options: dict | None = None,
+) -> None:
+    """Train the shared UNet under a process (rectified flow on the embedded digits by default).
+    Ctrl-C or SIGTERM saves a checkpoint and exits 130 or 143; --resume RUN continues it.
+    Every process option is a flag (below) or -o key=value."""
+    process_options = (named_options or {}) | parse_assignments(option or [])
+    overrides = {
+        "dataset": dataset, "data_dir": data_dir, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "device": device, "precision": precision, "sample_every": sample_every, "eval_every": eval_every,
+        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "process_options": process_options,
+    }  # fmt: skip
+    if resume is not None:
+        if config is not None or out is not None or overwrite:
+            raise GenflowError("--resume continues a run in place with its own config; drop --config, --out and --overwrite")
+        run_dir = api.resume(resume, overrides | {"process": process}, reporter_for())
+        print(f"trained {run_dir} to step {api.read_run(run_dir).config['train']['steps']}")
+        return
+    resolved = resolve_config(config, process, overrides)
+    run_dir = api.train(resolved, out, overwrite, reporter_for())
+    print(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")

@@ -1,0 +1,101 @@
+"""Scoring: a run's samples or a samples file against the real data in a classifier's feature
+space (:mod:`genflow.metrics`), and a run's negative log-likelihood through its probability-flow
+ODE (:mod:`genflow.likelihood`)."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+import genflow
+from genflow.data import load_dataset
+from genflow.errors import GenflowError
+from genflow.image_files import read_samples_file
+from genflow.processes import GaussianProcess
+
+if TYPE_CHECKING:
+    from genflow.api import LoadedRun
+
+
+@functools.cache
+def feature_classifier(dataset: str) -> nn.Module:
+    """The shipped digits classifier (loaded once); other datasets have none yet."""
+    from genflow.metrics import load_digits_classifier
+
+    if dataset != "digits":
+        raise GenflowError("genflow eval ships a feature classifier for the digits only; other datasets are not supported yet")
+    return load_digits_classifier()
+
+
+def score(images: Tensor, real: Tensor, dataset: str, seed: int = 0) -> dict[str, float]:
+    """Frechet distance, KID (each with its real-data floor), precision, recall and
+    memorization of ``images`` against ``real``, in the feature space of ``dataset``'s classifier."""
+    from genflow.metrics import evaluate
+
+    return evaluate(images.cpu(), real, feature_classifier(dataset), seed=seed).to_dict()
+
+
+def run_dataset(loaded: LoadedRun) -> tuple[str, Tensor]:
+    """The name and images of the data a run was trained on."""
+    train = loaded.config["train"]
+    return train["dataset"], load_dataset(train["dataset"], train.get("data_dir"))
+
+
+def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: int | None = None, grid: str | None = None,
+                 seed: int = 0, batch_size: int | None = None, **solver_options: float) -> dict:  # fmt: skip
+    """Sample ``n`` images and score them against the real data, floors included."""
+    from genflow.api import sample_run
+
+    dataset, real = run_dataset(loaded)
+    feature_classifier(dataset)  # before spending the sampling time
+    images, stats = sample_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options)
+    return {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
+            "seconds": round(stats.seconds, 4), **score(images, real, dataset, seed)}  # fmt: skip
+
+
+def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int = 0) -> dict:
+    """Bits per dimension of ``n`` real images, uniformly dequantized at the data's levels;
+    adaptive dopri5 when ``steps`` is 0, else ``steps`` Heun steps."""
+    from genflow.likelihood import bits_per_dim, dequantize, log_likelihood
+
+    dataset, real = run_dataset(loaded)
+    levels = 17 if dataset == "digits" else 256
+    generator = torch.Generator().manual_seed(seed)
+    chosen = real[torch.randperm(len(real), generator=generator)[:n]]
+    x, width = dequantize(chosen, levels, generator)
+    device = next(loaded.model.parameters()).device
+    method = "heun" if steps else "dopri5"
+    log_px = log_likelihood(loaded.model, loaded.process, x.to(device), method=method, steps=steps, seed=seed).cpu()
+    bpd = bits_per_dim(log_px, x[0].numel(), width)
+    return {"nll_bits_per_dim": float(bpd.mean()), "nll_n": n, "nll_levels": levels, "nll_method": method}
+
+
+def evaluate_samples_file(path: Path, dataset: str = "digits", seed: int = 0) -> dict:
+    """Score images made by any program against ``dataset``, floors included."""
+    feature_classifier(dataset)
+    real = load_dataset(dataset)
+    images = read_samples_file(path)
+    if images.shape[1:] != real.shape[1:]:
+        raise GenflowError(f"{path} holds images of shape {tuple(images.shape[1:])}, {dataset} has {tuple(real.shape[1:])}")
+    return score(images, real, dataset, seed)
+
+
+def training_evaluator(config, process: GaussianProcess, images: Tensor, device: torch.device) -> Callable[[nn.Module], dict]:
+    """Frechet distance (and its floor) of ``eval_n`` EMA samples with the process's default
+    solver at ``sample_steps``, for ``--eval-every``."""
+    feature_classifier(config.dataset)
+    if 2 * config.eval_n > len(images):
+        raise GenflowError(f"eval_n must be at most {len(images) // 2} (half the real data) for --eval-every")
+
+    def scores(ema: nn.Module) -> dict:
+        shape = (config.eval_n, *images.shape[1:])
+        samples = genflow.sample(ema, process, shape=shape, steps=config.sample_steps, seed=0, device=device)
+        report = score(samples, images, config.dataset)
+        return {"fd": report["fd"], "fd_floor": report["fd_floor"], "kid": report["kid"]}
+
+    return scores

@@ -1,0 +1,53 @@
+"""What maps a process-time query ``(x, t)`` to the backbone's inputs, and back.
+
+:class:`Preconditioner` is ``model(x, t) -> prediction`` with ``t`` of shape ``(B,)`` in
+``[0, 1]``. It scales the input by ``c_in = 1 / sqrt(alpha^2 + sigma^2)``, the input part of
+EDM's preconditioning (Karras et al. 2022, table 1, with sigma_data = 1), which keeps a VE
+input of standard deviation 50 in the range the network sees for VP; and it maps ``t`` to
+the embedding's timestep ``999 t`` (DDPM's range, Ho et al. 2020). The preconditioner is
+built from a schedule function, any callable returning ``alpha`` and ``sigma`` at ``t``, so
+neither it nor the backbone knows which process it serves.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+import torch
+from torch import Tensor, nn
+
+from genflow.nn.unet import UNetConfig, build_unet
+
+TIMESTEP_SCALE = 999.0
+
+
+class Scales(Protocol):
+    """``alpha`` and ``sigma`` of a Gaussian path ``x_t = alpha x0 + sigma eps`` at some times."""
+
+    alpha: Tensor
+    sigma: Tensor
+
+
+Schedule = Callable[[Tensor], Scales]
+
+
+class Preconditioner(nn.Module):
+    """``Preconditioner(config, schedule)(x, t) -> prediction``; the backbone is ``.unet``
+    (its state dict keys are ``unet.*``)."""
+
+    def __init__(self, config: UNetConfig, schedule: Schedule) -> None:
+        super().__init__()
+        self.config = config
+        self.schedule = schedule
+        self.unet = build_unet(config)
+
+    def input_scale(self, t: Tensor, like: Tensor) -> Tensor:
+        """``c_in(t)`` shaped to broadcast against ``like`` and in its dtype."""
+        s = self.schedule(t.float())
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        alpha, sigma = s.alpha.reshape(shape).to(like.dtype), s.sigma.reshape(shape).to(like.dtype)
+        return torch.rsqrt(alpha**2 + sigma**2)
+
+    def forward(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.unet(x * self.input_scale(t, x), t * TIMESTEP_SCALE).sample.to(x.dtype)

@@ -1,0 +1,24 @@
+"""Training: the :class:`Trainer` loop, its state (what a checkpoint holds), the objective
+that gives a step its loss, and the runtime that answers rank-dependent questions."""
+
+from genflow.train.loop import GRID_SAMPLES, StopSignals, Trainer, TrainingSetup, update_ema
+from genflow.train.objective import DenoisingObjective, Objective
+from genflow.train.runtime import Runtime, SingleProcess, pick_device
+from genflow.train.state import Batch, MinibatchStream, TrainingState, warmup_cosine
+
+__all__ = [
+    "GRID_SAMPLES",
+    "Batch",
+    "DenoisingObjective",
+    "MinibatchStream",
+    "Objective",
+    "Runtime",
+    "SingleProcess",
+    "StopSignals",
+    "Trainer",
+    "TrainingSetup",
+    "TrainingState",
+    "pick_device",
+    "update_ema",
+    "warmup_cosine",
+]

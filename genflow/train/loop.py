@@ -1,0 +1,267 @@
+"""The training loop: AdamW with warm-up and cosine decay, gradient clipping, EMA weights,
+metrics.jsonl, sample grids, atomic checkpoints, and a clean stop on SIGINT/SIGTERM.
+
+:class:`Trainer` owns a run: its resolved config and parts (:class:`TrainingSetup`), its
+state, its directory, its reporter and its runtime. The loss of a step comes from the
+setup's objective; every decision that depends on the process it runs in (who writes, the
+slice of the batch, agreeing to stop) is asked of the runtime.
+
+A step whose loss or gradient norm is not finite changes nothing and is reported; after
+``max_nonfinite`` of them in a row training stops (:class:`TrainingDiverged`). Weights that
+are not finite are never saved.
+"""
+
+from __future__ import annotations
+
+import copy
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Self
+
+import torch
+from torch import Tensor, nn
+
+import genflow
+from genflow.config import TrainConfig
+from genflow.errors import GenflowError, TrainingDiverged, TrainingInterrupted
+from genflow.image_files import save_samples
+from genflow.nn import Preconditioner, UNetConfig
+from genflow.processes import GaussianProcess
+from genflow.progress import Reporter, SilentReporter
+from genflow.runs.checkpoint import CHECKPOINTS, Checkpoint, describe_latest, latest_name, write_checkpoint
+from genflow.runs.files import EMA_WEIGHTS, METRICS, RAW_WEIGHTS, SAMPLES, MetricsLog
+from genflow.storage import save_weights
+from genflow.train.objective import Objective
+from genflow.train.runtime import Runtime
+from genflow.train.state import TrainingState
+
+GRID_SAMPLES = 64
+
+
+@dataclass
+class TrainingSetup:
+    """What a config resolves to before any file is written: the config with its process
+    options and backbone spelled out, the process, the objective, the training data (a
+    mapping of tensors, ``images`` first), the backbone's shape, the runtime and the optional
+    periodic evaluation."""
+
+    config: TrainConfig
+    process: GaussianProcess
+    objective: Objective
+    data: Mapping[str, Tensor]
+    unet_config: UNetConfig
+    runtime: Runtime
+    evaluate: Callable[[nn.Module], dict] | None = None
+
+
+@torch.no_grad()
+def update_ema(ema: nn.Module, model: nn.Module, decay: float, step: int) -> None:
+    """``ema <- d ema + (1 - d) model`` with ``d = min(decay, (1 + step) / (10 + step))``, the
+    warm-up of Tarvainen & Valpola 2017 used by most diffusion codebases."""
+    d = min(decay, (1 + step) / (10 + step))
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1 - d)
+
+
+class StopSignals:
+    """While active, SIGINT and SIGTERM only record which arrived first, so the step in
+    flight finishes and a checkpoint is saved; further signals (a second Ctrl-C during the
+    save) change nothing. The previous handlers come back on exit. Outside the main thread,
+    where Python cannot install handlers, it does nothing."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __enter__(self) -> Self:
+        self.received: int | None = None
+        self.previous = {}
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._record) for s in self.SIGNALS}
+        return self
+
+    def _record(self, signum: int, frame: object) -> None:
+        if self.received is None:
+            self.received = signum
+
+    def __exit__(self, *exc: object) -> None:
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+
+class Trainer:
+    """Trains a run in ``run_dir`` as ``setup`` says: ``Trainer(setup, run_dir).run()``.
+
+    The model is built (seeded by ``config.seed``) on construction; :meth:`resume_from` puts
+    a checkpoint back before :meth:`run`."""
+
+    def __init__(self, setup: TrainingSetup, run_dir: Path, reporter: Reporter | None = None) -> None:
+        self.setup, self.config, self.run_dir = setup, setup.config, run_dir
+        self.reporter = reporter or SilentReporter()
+        self.runtime = setup.runtime
+        self.state = self.fresh_state()
+        self.metrics: MetricsLog | None = None
+
+    def fresh_state(self) -> TrainingState:
+        torch.manual_seed(self.config.seed)
+        model = Preconditioner(self.setup.unet_config, self.setup.process.schedule).to(self.runtime.device)
+        ema = copy.deepcopy(model).requires_grad_(False)
+        data = {key: values.to(self.runtime.device) for key, values in self.setup.data.items()}
+        return TrainingState.fresh(self.config, model, ema, data)
+
+    def resume_from(self, checkpoint: Checkpoint | None) -> None:
+        """Continue from ``checkpoint``; ``None`` (a run killed before its first one) starts over."""
+        if checkpoint is None:
+            self.reporter.note(f"{self.run_dir} has no checkpoint yet: training from step 0")
+            return
+        self.state.restore(checkpoint, self.reporter.note)
+        self.reporter.note(f"resuming {self.run_dir} from {checkpoint.path.name} (step {checkpoint.step} of {self.config.steps})")
+
+    # --- the loop ---------------------------------------------------------------------
+    def run(self) -> nn.Module:
+        """Train from the state's step to ``config.steps``; returns the EMA model. Appends loss
+        lines (and the evaluation's scores every ``eval_every`` steps) to metrics.jsonl, saves a
+        checkpoint every ``checkpoint_every`` steps and at the end, then the final weights."""
+        self.reporter.start(self.config.steps, self.state.step)
+        try:
+            self.run_steps()
+        finally:
+            self.reporter.finish()
+        return self.state.ema
+
+    def run_steps(self) -> None:
+        config, state = self.config, self.state
+        started = time.perf_counter() - state.seconds
+        saved_step = state.step if state.step else None
+        self.metrics = MetricsLog(self.run_dir / METRICS) if self.runtime.is_main else None
+        try:
+            with StopSignals() as signals:
+                while state.step < config.steps:
+                    state.step += 1
+                    loss = self.step()
+                    self.count_nonfinite(loss is None)
+                    state.seconds = time.perf_counter() - started
+                    self.log(loss)
+                    self.periodic()
+                    stop = self.runtime.any_true(signals.received is not None) and state.step < config.steps
+                    if stop or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
+                        self.save_checkpoint()
+                        saved_step = state.step
+                    if stop:
+                        raise self.interrupted(signals.received or signal.SIGTERM)
+                if saved_step != state.step:
+                    self.save_checkpoint()
+                self.finish()
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    def step(self) -> Tensor | None:
+        """One AdamW step on the next minibatch; returns the (detached) loss, or ``None`` (and no
+        change) when the loss or the gradient norm is not finite. The LR schedule advances either
+        way, so it follows the step. The finiteness check is the step's one device sync; the loss
+        is read to the host only when it is logged."""
+        config, state = self.config, self.state
+        batch = self.runtime.shard(state.batches.next())
+        with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+            loss = self.setup.objective.loss(state.model, batch, state.noise).mean()
+        loss.backward()
+        norm = nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
+        finite = self.runtime.all_true(bool(torch.isfinite(loss) & torch.isfinite(norm)))  # one device sync per step
+        if finite:
+            state.optimizer.step()
+            update_ema(state.ema, state.model, config.ema_decay, state.step)
+        state.optimizer.zero_grad(set_to_none=True)
+        state.schedule.step()
+        return loss.detach() if finite else None
+
+    def count_nonfinite(self, skipped: bool) -> None:
+        state = self.state
+        if not skipped:
+            state.nonfinite_streak = 0
+            return
+        state.nonfinite_streak += 1
+        self.reporter.note(f"step {state.step}: non-finite loss or gradient, step skipped ({state.nonfinite_streak} in a row)")
+        if state.nonfinite_streak >= self.config.max_nonfinite:
+            raise TrainingDiverged(
+                f"training diverged: {state.nonfinite_streak} non-finite steps in a row up to step {state.step}; "
+                f"{describe_latest(self.run_dir)}; lower --lr or check the data"
+            )
+
+    # --- what the loop writes -----------------------------------------------------------
+    def log(self, loss: Tensor | None) -> None:
+        config, state = self.config, self.state
+        if loss is None or (state.step % config.log_every and state.step != config.steps):
+            return
+        value, lr = float(loss), state.schedule.get_last_lr()[0]
+        if self.metrics is not None:
+            self.metrics.write({"step": state.step, "loss": value, "lr": lr, "seconds": round(state.seconds, 3)})
+        self.reporter.step(state.step, value, lr)
+
+    def periodic(self) -> None:
+        """The periodic sample grid and evaluation, on the EMA weights."""
+        config, step = self.config, self.state.step
+        if config.sample_every and step % config.sample_every == 0 and step != config.steps:
+            self.sample_grid(step)
+        if self.setup.evaluate is not None and config.eval_every and step % config.eval_every == 0 and self.runtime.is_main:
+            scores = self.setup.evaluate(self.state.ema)
+            self.metrics.write({"step": step, **scores})
+            self.reporter.note(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
+
+    def sample_grid(self, step: int) -> None:
+        if not self.runtime.is_main:
+            return
+        shape = (GRID_SAMPLES, *self.setup.data["images"].shape[1:])
+        images = genflow.sample(
+            self.state.ema, self.setup.process, shape=shape, steps=self.config.sample_steps, seed=0, device=self.runtime.device
+        )
+        save_samples(images, self.run_dir / SAMPLES / f"step-{step:06d}.png", overwrite=True)
+
+    def save_checkpoint(self) -> Path:
+        """Commit a checkpoint of the state; non-finite weights are refused, and a failed write
+        (disk full, no permission) is one clear error with the previous checkpoint intact."""
+        state, run_dir = self.state, self.run_dir
+        if not state.weights_finite():
+            raise TrainingDiverged(
+                f"weights became non-finite by step {state.step} and were not saved; {describe_latest(run_dir)}; lower --lr"
+            )
+        path = run_dir / CHECKPOINTS / f"step-{state.step:08d}"
+        if self.runtime.is_main:
+            path = self.write_checkpoint()
+        self.runtime.barrier()
+        return path
+
+    def write_checkpoint(self) -> Path:
+        state, run_dir = self.state, self.run_dir
+        previous = latest_name(run_dir)
+        try:
+            return write_checkpoint(run_dir, state.step, state.tensor_groups(), state.json_state(), self.config.keep_checkpoints)
+        except OSError as error:
+            kept = f"the previous checkpoint {previous} is intact" if previous else "no earlier checkpoint exists"
+            raise GenflowError(
+                f"cannot save the checkpoint at step {state.step} in {run_dir / CHECKPOINTS} ({error.strerror or error}); "
+                f"{kept}: free space or fix permissions, then 'genflow train --resume {run_dir}'"
+            ) from None
+
+    def interrupted(self, signum: int) -> TrainingInterrupted:
+        name, run_dir = signal.Signals(signum).name, self.run_dir
+        checkpoint = run_dir / CHECKPOINTS / f"{latest_name(run_dir)}"
+        return TrainingInterrupted(
+            f"stopped by {name} after step {self.state.step}; saved {checkpoint}; continue with 'genflow train --resume {run_dir}'",
+            signum,
+        )
+
+    def finish(self) -> None:
+        """The last sample grid and the final weights (the run's ``model``/``ema.safetensors``)."""
+        self.sample_grid(self.config.steps)
+        if not self.runtime.is_main:
+            return
+        try:
+            save_weights(self.run_dir / RAW_WEIGHTS, self.state.model.unet)
+            save_weights(self.run_dir / EMA_WEIGHTS, self.state.ema.unet)
+        except OSError as error:
+            raise GenflowError(
+                f"cannot write the final weights in {self.run_dir} ({error.strerror or error}); {describe_latest(self.run_dir)}: "
+                f"free space, then 'genflow train --resume {self.run_dir}'"
+            ) from None
