@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 
-import genflow
 from genflow.data import load_digits, to_uint8
 from genflow.nn import build_unet, preset_for
 from genflow.train import update_ema, warmup_cosine

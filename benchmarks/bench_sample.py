@@ -29,7 +29,13 @@ def main() -> None:
     torch.manual_seed(0)
     print(f"batch {args.batch}, {args.steps} steps, device {device}, median of {args.repeats}")
     print(f"{'process':>15} {'solver':>10} {'NFE':>5} {'sample s':>9} {'NFE x fwd s':>12} {'ratio':>6}")
-    for process_name, solver in (("rectified-flow", "euler"), ("rectified-flow", "heun"), ("ddpm", "ddim"), ("sde", "dpm++2m"), ("ddpm", "ancestral")):
+    for process_name, solver in (
+        ("rectified-flow", "euler"),
+        ("rectified-flow", "heun"),
+        ("ddpm", "ddim"),
+        ("sde", "dpm++2m"),
+        ("ddpm", "ancestral"),
+    ):
         process = genflow.make_process(process_name)
         model = Preconditioner(preset_for(1, 8), process.schedule).to(device).eval()
         x = torch.randn(args.batch, 1, 8, 8, device=device)
@@ -37,7 +43,9 @@ def main() -> None:
         sample_times, forward_times, nfe = [], [], 0
         for _ in range(args.repeats + 1):  # the first round warms up
             stats = genflow.SamplingStats()
-            genflow.sample(model, process, solver=solver, steps=args.steps, shape=(args.batch, 1, 8, 8), stats=stats, device=device)
+            genflow.sample(
+                model, process, solver=solver, steps=args.steps, shape=(args.batch, 1, 8, 8), stats=stats, device=device
+            )
             nfe = int(stats.nfe)
             sample_times.append(stats.seconds)
             forward_times.append(time_forwards(model, x, t, nfe, device))

@@ -91,10 +91,14 @@ class DerivedFlag:
     def parameter(self) -> inspect.Parameter:
         decls = (f"--{self.name.replace('_', '-')}", *self.aliases)
         option = typer.Option(*decls, help=self.help, show_default=False)
-        return inspect.Parameter(self.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[self.kind | None, option])
+        return inspect.Parameter(
+            self.name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=Annotated[self.kind | None, option]
+        )
 
 
-def merged_flags(entries: list[tuple[str, str, Any, str]], aliases: dict[str, tuple[str, ...]] | None = None) -> list[DerivedFlag]:
+def merged_flags(
+    entries: list[tuple[str, str, Any, str]], aliases: dict[str, tuple[str, ...]] | None = None
+) -> list[DerivedFlag]:
     """One flag per option name from ``(owner, option, default, help)`` rows; an option several
     owners share gets one flag whose help names each owner (and its default)."""
     by_name: dict[str, list[tuple[str, Any, str]]] = {}
@@ -106,7 +110,9 @@ def merged_flags(entries: list[tuple[str, str, Any, str]], aliases: dict[str, tu
         kind = kinds.pop() if len(kinds) == 1 else float
         helps = {}
         for owner, default, help in uses:
-            helps.setdefault(f"{help} (default {default:g})" if isinstance(default, float) else f"{help} (default {default})", []).append(owner)
+            helps.setdefault(
+                f"{help} (default {default:g})" if isinstance(default, float) else f"{help} (default {default})", []
+            ).append(owner)
         text = "; ".join(f"{'/'.join(owners)}: {help}" for help, owners in helps.items()) + "."
         flags.append(DerivedFlag(name, kind, text, (aliases or {}).get(name, ())))
     return flags
@@ -114,12 +120,20 @@ def merged_flags(entries: list[tuple[str, str, Any, str]], aliases: dict[str, tu
 
 def process_flags() -> list[DerivedFlag]:
     """One flag per process option (``--schedule`` also names ``--beta-schedule``, as it always has)."""
-    rows = [(name, f.name, f.default, f.metadata.get("help", f.name)) for name, cls in genflow.PROCESSES.items() for f in cls.option_fields()]
+    rows = [
+        (name, f.name, f.default, f.metadata.get("help", f.name))
+        for name, cls in genflow.PROCESSES.items()
+        for f in cls.option_fields()
+    ]
     return merged_flags(rows, aliases={"beta_schedule": ("--schedule",)})
 
 
 def solver_flags() -> list[DerivedFlag]:
-    rows = [(name, option, spec.default, spec.help) for name, solver in genflow.SOLVERS.items() for option, spec in solver.options.items()]
+    rows = [
+        (name, option, spec.default, spec.help)
+        for name, solver in genflow.SOLVERS.items()
+        for option, spec in solver.options.items()
+    ]
     return merged_flags(rows)
 
 

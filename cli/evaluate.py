@@ -8,10 +8,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from genflow.cli.core import app, fails_cleanly, out_console, solver_flags, with_flags
 from rich.table import Table
 
 from genflow import api
-from genflow.cli.core import app, fails_cleanly, out_console, solver_flags, with_flags
 from genflow.errors import GenflowError
 
 

@@ -7,9 +7,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from genflow.cli.core import app, fails_cleanly, solver_flags, with_flags
 
 from genflow import api
-from genflow.cli.core import app, fails_cleanly, solver_flags, with_flags
 
 
 @app.command()

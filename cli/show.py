@@ -6,12 +6,12 @@ import json
 from typing import Annotated
 
 import typer
+from genflow.cli.core import app, fails_cleanly, out_console
 from rich.markup import escape
 from rich.table import Table
 
 import genflow
 from genflow import api
-from genflow.cli.core import app, fails_cleanly, out_console
 from genflow.runs.files import logged_losses
 
 

@@ -18,7 +18,8 @@ from genflow.image_files import check_output, save_samples
 from genflow.nn import Preconditioner, UNetConfig, preset_for
 from genflow.processes import GaussianProcess, make_process
 from genflow.progress import Reporter, SilentReporter
-from genflow.runs import files, resume as resume_rules
+from genflow.runs import files
+from genflow.runs import resume as resume_rules
 from genflow.runs.checkpoint import newest_valid_checkpoint
 from genflow.runs.files import CONFIG, EMA_WEIGHTS, SAMPLES, checkpoint_status, read_run
 from genflow.sampling import SamplingStats
@@ -97,7 +98,9 @@ def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | 
     with files.exclusive_run(path):
         checkpoint = newest_valid_checkpoint(path, reporter.note)
         if checkpoint is None and (path / EMA_WEIGHTS).exists():
-            raise GenflowError(f"{path} has final weights but no checkpoint to resume from (it predates checkpoints); train a new run")
+            raise GenflowError(
+                f"{path} has final weights but no checkpoint to resume from (it predates checkpoints); train a new run"
+            )
         done = checkpoint.step if checkpoint else 0
         if setup.config.steps < done:
             raise GenflowError(f"{path} is already at step {done}; --steps must be at least {done}")

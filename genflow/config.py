@@ -12,9 +12,9 @@ from __future__ import annotations
 import dataclasses
 import math
 import tomllib
+from dataclasses import dataclass, field
 from importlib import resources
 from importlib.abc import Traversable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,9 @@ class TrainConfig:
         if not 0 < self.lr < FLOAT32_MAX:
             raise GenflowError(f"lr must be a positive number (below {FLOAT32_MAX:.3g}), not {self.lr!r}")
         if not 0 < self.grad_clip < math.inf or not 0 <= self.weight_decay < math.inf:
-            raise GenflowError(f"grad_clip must be positive and weight_decay >= 0, not {self.grad_clip!r} and {self.weight_decay!r}")
+            raise GenflowError(
+                f"grad_clip must be positive and weight_decay >= 0, not {self.grad_clip!r} and {self.weight_decay!r}"
+            )
         if not 0 <= self.ema_decay < 1:
             raise GenflowError(f"ema_decay must be in [0, 1), not {self.ema_decay!r}")
         if self.device not in DEVICES:

@@ -77,7 +77,9 @@ def load_image_folder(path: Path) -> Tensor:
             raise GenflowError(f"cannot read image {file}: {error}") from None
         arrays.append(array[..., None] if array.ndim == 2 else array)
         if arrays[-1].shape != arrays[0].shape:
-            raise GenflowError(f"images differ in size or channels: {files[0].name} is {arrays[0].shape}, {file.name} is {arrays[-1].shape}")
+            raise GenflowError(
+                f"images differ in size or channels: {files[0].name} is {arrays[0].shape}, {file.name} is {arrays[-1].shape}"
+            )
     return uint8_to_unit_range(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
 
 

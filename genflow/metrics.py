@@ -149,7 +149,9 @@ class QualityReport:
 def real_halves(real: Tensor, n: int, seed: int = 0) -> tuple[Tensor, Tensor]:
     """Two disjoint random halves of the real data, ``n`` images each."""
     if 2 * n > len(real):
-        raise GenflowError(f"the real data has {len(real)} images; at most n = {len(real) // 2} keeps the floor's halves disjoint")
+        raise GenflowError(
+            f"the real data has {len(real)} images; at most n = {len(real) // 2} keeps the floor's halves disjoint"
+        )
     order = torch.randperm(len(real), generator=torch.Generator().manual_seed(seed))
     return real[order[:n]], real[order[n : 2 * n]]
 

@@ -99,7 +99,9 @@ def load_matching(module: nn.Module, tensors: dict[str, Tensor], source: Path) -
         if name not in tensors or name not in expected or tensors[name].shape != expected[name].shape:
             found = tuple(tensors[name].shape) if name in tensors else "nothing"
             wanted = tuple(expected[name].shape) if name in expected else "nothing"
-            raise GenflowError(f"{source} does not fit the model in config.json: {name!r} is {found}, the model needs {wanted}; was it copied from another run?")
+            raise GenflowError(
+                f"{source} does not fit the model in config.json: {name!r} is {found}, the model needs {wanted}; was it copied from another run?"
+            )
     module.load_state_dict(tensors)
 
 

@@ -122,7 +122,7 @@ def test_no_valid_checkpoint_is_an_error_that_damages_nothing(tmp_path):
     interrupted_run(run, at=15, keep_checkpoints=1)
     assert [p.name for p in list_checkpoints(run)] == ["step-00000015"]
     manifest = run / CHECKPOINTS / "step-00000015" / "manifest.json"
-    manifest.write_text(manifest.read_text().replace("\"step\": 15", "\"step\": \"fifteen\""))
+    manifest.write_text(manifest.read_text().replace('"step": 15', '"step": "fifteen"'))
     files = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(GenflowError, match="no checkpoint .* verifies"):
         api.resume(run)
@@ -235,7 +235,9 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
     with torch.no_grad():
         next(trainer.state.ema.parameters())[0] = float("inf")
     trainer.state.step = 1
-    with pytest.raises(TrainingDiverged, match="weights became non-finite by step 1 and were not saved; the last checkpoint is .*step-00000000"):
+    with pytest.raises(
+        TrainingDiverged, match="weights became non-finite by step 1 and were not saved; the last checkpoint is .*step-00000000"
+    ):
         trainer.save_checkpoint()
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000000"]
 

@@ -38,8 +38,8 @@ class ScoreSDE(GaussianProcess):
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("sde", self.sde, SDE_KINDS)
-        for option in VP_OPTIONS + VE_OPTIONS:
-            check_positive(option, getattr(self, option))
+        for name in VP_OPTIONS + VE_OPTIONS:
+            check_positive(name, getattr(self, name))
 
     @classmethod
     def inapplicable_options(cls, options: dict[str, object]) -> list[str]:

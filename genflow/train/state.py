@@ -146,7 +146,9 @@ class TrainingState:
         except GenflowError:
             raise
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
-            raise GenflowError(f"{checkpoint.path} verifies but does not fit this run ({error!r:.200}); was it copied from another run?") from None
+            raise GenflowError(
+                f"{checkpoint.path} verifies but does not fit this run ({error!r:.200}); was it copied from another run?"
+            ) from None
 
     def _restore(self, checkpoint: Checkpoint, note: Callable[[str], None]) -> None:
         state = checkpoint.state
