@@ -13,7 +13,14 @@ import genflow
 from genflow.config import TrainConfig
 from genflow.data import load_dataset
 from genflow.errors import GenflowError
-from genflow.evaluation import evaluate_run, evaluate_samples_file, negative_log_likelihood, training_evaluator
+from genflow.evaluation import (
+    evaluate_samples_file,
+    feature_classifier,
+    negative_log_likelihood,
+    run_dataset,
+    score,
+    training_evaluator,
+)
 from genflow.image_files import check_output, save_samples
 from genflow.nn import Preconditioner, UNetConfig, preset_for
 from genflow.processes import GaussianProcess, make_process
@@ -90,10 +97,9 @@ def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | 
     run_files = read_run(run)
     saved = run_files.train_config()
     setup = prepare(resume_rules.resumed_config(saved, overrides or {}))
-    resume_rules.check_same_run(
-        resume_rules.identity(saved, run_files.config.get("data", {}).get("sha256")),
-        resume_rules.identity(setup.config, files.data_fingerprint(setup.data["images"])),
-    )
+    saved_images = run_files.config.get("data", {}).get("sha256")  # absent in runs from before the fingerprint
+    images = files.data_fingerprint(setup.data["images"]) if saved_images else None
+    resume_rules.check_same_run(resume_rules.identity(saved, saved_images), resume_rules.identity(setup.config, images))
     path, reporter = run_files.path, reporter or SilentReporter()
     with files.exclusive_run(path):
         checkpoint = newest_valid_checkpoint(path, reporter.note)
@@ -108,7 +114,8 @@ def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | 
         changes = resume_rules.changes(saved, setup.config)
         if changes:
             reporter.note("resume changes " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
-            write_json(path / CONFIG, files.run_record(setup.config, run_files.config["genflow_version"], setup.data["images"]))
+            version = run_files.config.get("genflow_version", genflow.__version__)
+            write_json(path / CONFIG, files.run_record(setup.config, version, setup.data["images"]))
         resumed_from = checkpoint.path.name if checkpoint else None
         files.keep_metrics_through(path / files.METRICS, done, {"step": done, "resumed_from": resumed_from, "changes": changes})
         (path / SAMPLES).mkdir(exist_ok=True)
@@ -162,3 +169,13 @@ def sample_run(
     images = genflow.sample(loaded.model, loaded.process, shape=shape, solver=solver, steps=steps, grid=grid, seed=seed,
                             batch_size=batch_size, stats=stats, **solver_options)  # fmt: skip
     return images, stats
+
+
+def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: int | None = None, grid: str | None = None,
+                 seed: int = 0, batch_size: int | None = None, **solver_options: float) -> dict:  # fmt: skip
+    """Sample ``n`` images and score them against the real data, floors included."""
+    dataset, real = run_dataset(loaded)
+    feature_classifier(dataset)  # refuses a dataset without a classifier before the sampling time is spent
+    images, stats = sample_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options)
+    return {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
+            "seconds": round(stats.seconds, 4), **score(images, real, dataset, seed)}  # fmt: skip

@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 import genflow
+from genflow.config import TrainConfig
 from genflow.data import load_dataset
 from genflow.errors import GenflowError
 from genflow.image_files import read_samples_file
@@ -46,18 +47,6 @@ def run_dataset(loaded: LoadedRun) -> tuple[str, Tensor]:
     return train["dataset"], load_dataset(train["dataset"], train.get("data_dir"))
 
 
-def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: int | None = None, grid: str | None = None,
-                 seed: int = 0, batch_size: int | None = None, **solver_options: float) -> dict:  # fmt: skip
-    """Sample ``n`` images and score them against the real data, floors included."""
-    from genflow.api import sample_run
-
-    dataset, real = run_dataset(loaded)
-    feature_classifier(dataset)  # before spending the sampling time
-    images, stats = sample_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options)
-    return {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
-            "seconds": round(stats.seconds, 4), **score(images, real, dataset, seed)}  # fmt: skip
-
-
 def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int = 0) -> dict:
     """Bits per dimension of ``n`` real images, uniformly dequantized at the data's levels;
     adaptive dopri5 when ``steps`` is 0, else ``steps`` Heun steps."""
@@ -85,7 +74,9 @@ def evaluate_samples_file(path: Path, dataset: str = "digits", seed: int = 0) ->
     return score(images, real, dataset, seed)
 
 
-def training_evaluator(config, process: GaussianProcess, images: Tensor, device: torch.device) -> Callable[[nn.Module], dict]:
+def training_evaluator(
+    config: TrainConfig, process: GaussianProcess, images: Tensor, device: torch.device
+) -> Callable[[nn.Module], dict]:
     """Frechet distance (and its floor) of ``eval_n`` EMA samples with the process's default
     solver at ``sample_steps``, for ``--eval-every``."""
     feature_classifier(config.dataset)
