@@ -4,6 +4,7 @@ it, load it, sample it, score it. Run files live in :mod:`genflow.runs`, the loo
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,7 @@ from genflow.processes import GaussianProcess, make_process
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs import files
 from genflow.runs import resume as resume_rules
-from genflow.runs.checkpoint import newest_valid_checkpoint
+from genflow.runs.checkpoint import Checkpoint, newest_valid_checkpoint
 from genflow.runs.files import CONFIG, EMA_WEIGHTS, SAMPLES, checkpoint_status, read_run
 from genflow.sampling import SamplingStats
 from genflow.storage import load_matching, write_json
@@ -79,15 +80,23 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetu
 def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False, reporter: Reporter | None = None) -> Path:
     """Train a run as ``config`` says and return its directory."""
     setup = prepare(config)
+    runtime = setup.runtime
     run_dir = files.new_run_dir(out, config.process, overwrite)
-    with files.exclusive_run(run_dir):
-        files.clear_run(run_dir)
-        (run_dir / SAMPLES).mkdir()
-        write_json(run_dir / CONFIG, files.run_record(setup.config, genflow.__version__, setup.data["images"]))
-        if files.is_default_location(out, run_dir):
-            files.point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
+    with run_lock(run_dir, runtime):
+        if runtime.is_main:
+            files.clear_run(run_dir)
+            (run_dir / SAMPLES).mkdir()
+            write_json(run_dir / CONFIG, files.run_record(setup.config, genflow.__version__, setup.data["images"]))
+            if files.is_default_location(out, run_dir):
+                files.point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
+        runtime.barrier()
         Trainer(setup, run_dir, reporter).run()
     return run_dir
+
+
+def run_lock(run_dir: Path, runtime: Runtime) -> AbstractContextManager:
+    """The run directory's lock, held by the process that writes."""
+    return files.exclusive_run(run_dir) if runtime.is_main else nullcontext()
 
 
 def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | None = None) -> Path:
@@ -100,8 +109,8 @@ def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | 
     saved_images = run_files.config.get("data", {}).get("sha256")  # absent in runs from before the fingerprint
     images = files.data_fingerprint(setup.data["images"]) if saved_images else None
     resume_rules.check_same_run(resume_rules.identity(saved, saved_images), resume_rules.identity(setup.config, images))
-    path, reporter = run_files.path, reporter or SilentReporter()
-    with files.exclusive_run(path):
+    path, reporter, runtime = run_files.path, reporter or SilentReporter(), setup.runtime
+    with run_lock(path, runtime):
         checkpoint = newest_valid_checkpoint(path, reporter.note)
         if checkpoint is None and (path / EMA_WEIGHTS).exists():
             raise GenflowError(
@@ -110,19 +119,29 @@ def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | 
         done = checkpoint.step if checkpoint else 0
         if setup.config.steps < done:
             raise GenflowError(f"{path} is already at step {done}; --steps must be at least {done}")
-        files.remove_run_temporaries(path)
         changes = resume_rules.changes(saved, setup.config)
         if changes:
             reporter.note("resume changes " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
-            version = run_files.config.get("genflow_version", genflow.__version__)
-            write_json(path / CONFIG, files.run_record(setup.config, version, setup.data["images"]))
-        resumed_from = checkpoint.path.name if checkpoint else None
-        files.keep_metrics_through(path / files.METRICS, done, {"step": done, "resumed_from": resumed_from, "changes": changes})
-        (path / SAMPLES).mkdir(exist_ok=True)
+        if runtime.is_main:
+            record_resume(run_files, setup, checkpoint, changes)
+        runtime.barrier()
         trainer = Trainer(setup, path, reporter)
         trainer.resume_from(checkpoint)
         trainer.run()
     return path
+
+
+def record_resume(run_files: files.RunFiles, setup: TrainingSetup, checkpoint: Checkpoint | None, changes: dict) -> None:
+    """Clear what a kill left half-written, record the changed config, drop the metrics lines
+    past the checkpoint and note the resume there."""
+    path, done = run_files.path, checkpoint.step if checkpoint else 0
+    files.remove_run_temporaries(path)
+    if changes:
+        version = run_files.config.get("genflow_version", genflow.__version__)
+        write_json(path / CONFIG, files.run_record(setup.config, version, setup.data["images"]))
+    resumed_from = checkpoint.path.name if checkpoint else None
+    files.keep_metrics_through(path / files.METRICS, done, {"step": done, "resumed_from": resumed_from, "changes": changes})
+    (path / SAMPLES).mkdir(exist_ok=True)
 
 
 @dataclass
