@@ -1,0 +1,51 @@
+"""What a resume may change: the step budget and settings that do not alter the model, the
+data or its updates. Anything else would make a different run and is refused, naming the key."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from genflow.config import TrainConfig, merge_values
+from genflow.errors import GenflowError
+
+RESUMABLE = frozenset({"steps", "device", "precision", "data_dir", "log_every", "sample_every", "sample_steps",
+                       "eval_every", "eval_n", "checkpoint_every", "keep_checkpoints", "max_nonfinite"})  # fmt: skip
+
+
+def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The saved config with ``overrides`` (``None`` values: not given) merged in. The saved
+    process options belong to the saved process: asking for another process drops them, so
+    that the refusal names the process."""
+    values = saved.to_dict()
+    if overrides.get("process") not in (None, saved.process):
+        values["process_options"] = {}
+    return TrainConfig.from_dict(merge_values(values, overrides), source="--resume").validate()
+
+
+def identity(config: TrainConfig, data_sha256: str | None) -> dict[str, Any]:
+    """What makes a run this run, flat and in the order differences are reported: the process,
+    its options, the backbone, the other fixed training keys, the training images."""
+    values = config.to_dict()
+    keys = {"process": config.process}
+    keys |= {f"process option {k}": v for k, v in config.process_options.items()}
+    keys |= {f"model.{k}": v for k, v in config.model.items()}
+    keys |= {k: v for k, v in values.items() if k not in RESUMABLE | {"process", "process_options", "model"}}
+    if data_sha256 is not None:
+        keys["data sha256"] = data_sha256[:16]
+    return keys
+
+
+def check_same_run(saved: dict[str, Any], resumed: dict[str, Any]) -> None:
+    """Refuse a resume whose :func:`identity` differs from the saved one, naming the first key."""
+    for key in list(saved) + [k for k in resumed if k not in saved]:
+        if saved.get(key) != resumed.get(key):
+            raise GenflowError(
+                f"cannot resume: this run's {key} is {saved.get(key)!r}, not {resumed.get(key)!r}; a resume continues the same "
+                "run (only --steps and run-time settings such as --device may change); start a new run with --out instead"
+            )
+
+
+def changes(saved: TrainConfig, resumed: TrainConfig) -> dict[str, list[Any]]:
+    """The resumable keys that differ, as ``{key: [before, after]}``."""
+    before, after = saved.to_dict(), resumed.to_dict()
+    return {key: [before[key], value] for key, value in after.items() if before[key] != value}
