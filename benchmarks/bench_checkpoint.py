@@ -41,11 +41,11 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
     channels = 3 if args.resolution == 32 else 1
-    config = TrainConfig(batch_size=args.batch, steps=10**6, device="cpu")
+    backbone = preset_for(channels, args.resolution)
+    config = TrainConfig(batch_size=args.batch, steps=10**6, device="cpu", model=backbone.to_dict())
     process = genflow.make_process("rectified-flow")
     data = {"images": torch.rand(4 * args.batch, channels, args.resolution, args.resolution) * 2 - 1}
-    backbone = preset_for(channels, args.resolution)
-    setup = TrainingSetup(config, process, DenoisingObjective(process), data, backbone, SingleProcess("cpu"))
+    setup = TrainingSetup(config, process, DenoisingObjective(process), data, SingleProcess("cpu"))
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(setup, Path(run_dir))
         model = trainer.state.model

@@ -45,9 +45,10 @@ def plain_diffusers(data: torch.Tensor, steps: int, batch: int, device: torch.de
 
 
 def genflow_loop(data: torch.Tensor, steps: int, batch: int, device: torch.device) -> float:
-    config = TrainConfig(process="ddpm", steps=steps, batch_size=batch, sample_every=0, log_every=10, checkpoint_every=0)
+    config = TrainConfig(process="ddpm", steps=steps, batch_size=batch, sample_every=0, log_every=10, checkpoint_every=0,
+                         model=preset_for(1, 8).to_dict())  # fmt: skip
     process = genflow.make_process("ddpm")
-    setup = TrainingSetup(config, process, DenoisingObjective(process), {"images": data}, preset_for(1, 8), SingleProcess(device))
+    setup = TrainingSetup(config, process, DenoisingObjective(process), {"images": data}, SingleProcess(device))
     with tempfile.TemporaryDirectory() as run_dir:
         trainer = Trainer(setup, Path(run_dir))
         trainer.sample_grid = lambda step: None  # time the steps, not the end-of-run samples

@@ -107,7 +107,11 @@ def merged_flags(
     flags = []
     for name, uses in by_name.items():
         kinds = {type(default) for _, default, _ in uses}
-        kind = kinds.pop() if len(kinds) == 1 else float
+        if kinds == {int, float}:
+            kinds = {float}
+        if len(kinds) > 1:
+            raise TypeError(f"option {name!r} has defaults of several types ({uses}); give it one type in every registry entry")
+        kind = kinds.pop()
         helps = {}
         for owner, default, help in uses:
             helps.setdefault(
@@ -116,6 +120,9 @@ def merged_flags(
         text = "; ".join(f"{'/'.join(owners)}: {help}" for help, owners in helps.items()) + "."
         flags.append(DerivedFlag(name, kind, text, (aliases or {}).get(name, ())))
     return flags
+
+
+GRID_HELP = f"Time grid: {', '.join(genflow.GRIDS.names())}."
 
 
 def process_flags() -> list[DerivedFlag]:

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from genflow.cli.core import app, fails_cleanly, out_console, solver_flags, with_flags
+from genflow.cli.core import GRID_HELP, app, fails_cleanly, out_console, solver_flags, with_flags
 from rich.table import Table
 
 from genflow import api
@@ -22,7 +22,7 @@ def evaluate(
     run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None,
     solver: Annotated[str | None, typer.Option(help="Solver (default: the process's own).")] = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps.")] = None,
-    grid: Annotated[str | None, typer.Option(help="Time grid: uniform, karras or logsnr.")] = None,
+    grid: Annotated[str | None, typer.Option(help=GRID_HELP)] = None,
     n: Annotated[int, typer.Option("--n", help="Samples to score (at most half the real data).")] = 898,
     seed: Annotated[int, typer.Option(help="Seed for samples and the real-data split.")] = 0,
     batch_size: Annotated[int | None, typer.Option(help="Samples per network call.")] = None,

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from genflow.cli.core import app, fails_cleanly, solver_flags, with_flags
+from genflow.cli.core import GRID_HELP, app, fails_cleanly, solver_flags, with_flags
 
 from genflow import api
 
@@ -19,7 +19,7 @@ def sample(
     run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None,
     solver: Annotated[str | None, typer.Option(help="Solver (default: the process's own).")] = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps (default 20; adaptive solvers: 1).")] = None,
-    grid: Annotated[str | None, typer.Option(help="Time grid: uniform, karras or logsnr.")] = None,
+    grid: Annotated[str | None, typer.Option(help=GRID_HELP)] = None,
     n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 64,
     seed: Annotated[int, typer.Option(help="Sample i uses seed + i, at any batch size.")] = 0,
     batch_size: Annotated[int | None, typer.Option(help="Samples per network call (never changes the samples).")] = None,

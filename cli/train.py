@@ -11,6 +11,7 @@ from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flag
 import genflow
 from genflow import api
 from genflow.config import resolve_config
+from genflow.data import DATASETS
 from genflow.errors import GenflowError
 from genflow.progress import reporter_for
 
@@ -24,9 +25,7 @@ OPTION_NAMES = ", ".join(flag.name for flag in PROCESS_FLAGS)
 def train(
     process: Annotated[str | None, typer.Option(help=f"Process: {', '.join(genflow.PROCESSES.names())}.")] = None,
     config: Annotated[str | None, typer.Option("--config", help="Preset name or TOML file; flags override it.")] = None,
-    dataset: Annotated[
-        str | None, typer.Option(help="digits (embedded), mnist, fashion-mnist, cifar10, or an image folder.")
-    ] = None,
+    dataset: Annotated[str | None, typer.Option(help=f"{', '.join(DATASETS)} (digits is embedded), or an image folder.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where torchvision's dataset files are (never downloaded).")] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,

@@ -71,15 +71,21 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetu
     runtime = runtime or SingleProcess(config.device)
     images = load_dataset(config.dataset, config.data_dir)
     check_batch_size(config.batch_size, len(images))
-    unet_config = backbone_config(config, images)
     evaluate = training_evaluator(config, process, images, runtime.device) if config.eval_every else None
-    resolved = config.with_resolved(process.options(), unet_config.to_dict())
-    return TrainingSetup(resolved, process, DenoisingObjective(process), {"images": images}, unet_config, runtime, evaluate)
+    resolved = config.with_resolved(process.options(), backbone_config(config, images).to_dict())
+    return TrainingSetup(resolved, process, DenoisingObjective(process), {"images": images}, runtime, evaluate)
 
 
-def train(config: TrainConfig, out: Path | None = None, overwrite: bool = False, reporter: Reporter | None = None) -> Path:
-    """Train a run as ``config`` says and return its directory."""
-    setup = prepare(config)
+def train(
+    config: TrainConfig,
+    out: Path | None = None,
+    overwrite: bool = False,
+    reporter: Reporter | None = None,
+    runtime: Runtime | None = None,
+) -> Path:
+    """Train a run as ``config`` says and return its directory (``runtime``: a single process
+    on ``config.device`` unless given)."""
+    setup = prepare(config, runtime)
     runtime = setup.runtime
     run_dir = files.new_run_dir(out, config.process, overwrite)
     with run_lock(run_dir, runtime):
@@ -99,13 +105,15 @@ def run_lock(run_dir: Path, runtime: Runtime) -> AbstractContextManager:
     return files.exclusive_run(run_dir) if runtime.is_main else nullcontext()
 
 
-def resume(run: str | Path, overrides: dict | None = None, reporter: Reporter | None = None) -> Path:
+def resume(
+    run: str | Path, overrides: dict | None = None, reporter: Reporter | None = None, runtime: Runtime | None = None
+) -> Path:
     """Continue a run from its newest checkpoint that verifies (a corrupt one is reported and
     skipped) to its step budget. ``overrides`` are config values as in :func:`train`; one that
     changes the process, the model, the data or the optimization is refused, naming the key."""
     run_files = read_run(run)
     saved = run_files.train_config()
-    setup = prepare(resume_rules.resumed_config(saved, overrides or {}))
+    setup = prepare(resume_rules.resumed_config(saved, overrides or {}), runtime)
     saved_images = run_files.config.get("data", {}).get("sha256")  # absent in runs from before the fingerprint
     images = files.data_fingerprint(setup.data["images"]) if saved_images else None
     resume_rules.check_same_run(resume_rules.identity(saved, saved_images), resume_rules.identity(setup.config, images))
@@ -193,8 +201,8 @@ def sample_run(
 def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: int | None = None, grid: str | None = None,
                  seed: int = 0, batch_size: int | None = None, **solver_options: float) -> dict:  # fmt: skip
     """Sample ``n`` images and score them against the real data, floors included."""
+    feature_classifier(loaded.config["train"]["dataset"])  # refuses a dataset without one before loading or sampling
     dataset, real = run_dataset(loaded)
-    feature_classifier(dataset)  # refuses a dataset without a classifier before the sampling time is spent
     images, stats = sample_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options)
     return {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
             "seconds": round(stats.seconds, 4), **score(images, real, dataset, seed)}  # fmt: skip

@@ -4,6 +4,7 @@ reaches the command line from its registry."""
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from conftest import TINY_MODEL, expect_usage_error, invoke
 import genflow
 from genflow import api
 from genflow.config import TrainConfig
+from genflow.errors import GenflowError
 from genflow.train import MinibatchStream, Trainer
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "v0.1-rectified-flow"
@@ -92,3 +94,15 @@ def test_solver_flags_reach_the_solver_in_sample_and_eval(tmp_path):
         assert invoke("sample", run, "--solver", "ddim", "--eta", eta, "--steps", "3", "--n", "4", "--out", out).exit_code == 0
         arrays.append(np.load(out)["arr_0"])
     assert np.abs(arrays[0].astype(int) - arrays[1].astype(int)).max() > 10  # eta = 0.8 injects noise
+
+
+def test_a_refused_resume_names_the_option_that_changed(tmp_path):
+    config = TrainConfig.from_dict({"process": "sde", "steps": 2, "batch_size": 16, "warmup_steps": 1, "sample_every": 0,
+                                    "sample_steps": 2, "device": "cpu", "model": TINY_MODEL})  # fmt: skip
+    run = api.train(config, tmp_path / "run")
+    record = json.loads((run / "config.json").read_text())
+    assert record["process"] == {"name": "sde", "options": {"prediction": "eps", "sde": "vp", "beta_min": 0.1, "beta_max": 20.0}}
+    assert not {"process", "process_options", "model"} & record["train"].keys()  # each recorded once
+    for options, message in (({"sde": "ve"}, "process option sde is 'vp', not 've'"), ({"beta_max": 10.0}, "beta_max is 20.0, not 10.0")):
+        with pytest.raises(GenflowError, match=message):
+            api.resume(run, {"process_options": options})

@@ -7,6 +7,8 @@ from typing import Any
 
 from genflow.config import TrainConfig, merge_values
 from genflow.errors import GenflowError
+from genflow.processes import PROCESSES
+from genflow.runs.files import RECORDED_APART
 
 RESUMABLE = frozenset({"steps", "device", "precision", "data_dir", "log_every", "sample_every", "sample_steps",
                        "eval_every", "eval_n", "checkpoint_every", "keep_checkpoints", "max_nonfinite"})  # fmt: skip
@@ -19,7 +21,12 @@ def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig
     values = saved.to_dict()
     if overrides.get("process") not in (None, saved.process):
         values["process_options"] = {}
-    return TrainConfig.from_dict(merge_values(values, overrides), source="--resume").validate()
+    merged = merge_values(values, overrides)
+    given = overrides.get("process_options") or {}
+    if merged["process"] in PROCESSES:  # saved options that a changed option makes moot go, so the refusal names the change
+        moot = PROCESSES.get(merged["process"]).inapplicable_options(merged["process_options"])
+        merged["process_options"] = {k: v for k, v in merged["process_options"].items() if k in given or k not in moot}
+    return TrainConfig.from_dict(merged, source="--resume").validate()
 
 
 def identity(config: TrainConfig, data_sha256: str | None) -> dict[str, Any]:
@@ -29,7 +36,7 @@ def identity(config: TrainConfig, data_sha256: str | None) -> dict[str, Any]:
     keys = {"process": config.process}
     keys |= {f"process option {k}": v for k, v in config.process_options.items()}
     keys |= {f"model.{k}": v for k, v in config.model.items()}
-    keys |= {k: v for k, v in values.items() if k not in RESUMABLE | {"process", "process_options", "model"}}
+    keys |= {k: v for k, v in values.items() if k not in RESUMABLE | set(RECORDED_APART)}
     if data_sha256 is not None:
         keys["data sha256"] = data_sha256[:16]
     return keys

@@ -46,16 +46,18 @@ GRID_SAMPLES = 64
 class TrainingSetup:
     """What a config resolves to before any file is written: the config with its process
     options and backbone spelled out, the process, the objective, the training data (a
-    mapping of tensors, ``images`` first), the backbone's shape, the runtime and the optional
-    periodic evaluation."""
+    mapping of tensors, ``images`` first), the runtime and the optional periodic evaluation."""
 
     config: TrainConfig
     process: GaussianProcess
     objective: Objective
     data: Mapping[str, Tensor]
-    unet_config: UNetConfig
     runtime: Runtime
     evaluate: Callable[[nn.Module], dict] | None = None
+
+    @property
+    def unet_config(self) -> UNetConfig:
+        return UNetConfig.from_dict(self.config.model)
 
 
 @torch.no_grad()
@@ -98,8 +100,8 @@ class Trainer:
 
     def __init__(self, setup: TrainingSetup, run_dir: Path, reporter: Reporter | None = None) -> None:
         self.setup, self.config, self.run_dir = setup, setup.config, run_dir
-        self.reporter = reporter or SilentReporter()
         self.runtime = setup.runtime
+        self.reporter = reporter if reporter is not None and self.runtime.is_main else SilentReporter()
         self.state = self.fresh_state()
         self.metrics: MetricsLog | None = None
 
