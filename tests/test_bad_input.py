@@ -124,7 +124,15 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "unwritable run directory": (lambda ws: ["train", "--config", ws.preset, "--out", existing_file(ws, "b-file") / "run"], ("cannot create run directory",)),
     "unreadable config": (lambda ws: ["train", "--config", existing_file(ws, "bad.toml")], ("cannot read config",)),
     "missing config": (lambda ws: ["train", "--config", ws.path("missing.toml")], ("does not exist",)),
+    "backbone too narrow for attention": (lambda ws: ["train", "--config", narrow_backbone(ws)], ("need at least 32 channels",)),
 }
+
+
+def narrow_backbone(ws) -> Path:
+    """A preset whose last block (which feeds the middle block's attention) has 16 channels."""
+    path = ws.path("narrow.toml")
+    path.write_text('steps = 2\n\n[model]\nblock_channels = [8, 16]\nattention = [false, false]\nnorm_groups = 8\n')
+    return path
 
 
 def snapshot(root: Path) -> dict[str, str]:

@@ -13,6 +13,8 @@ from diffusers import UNet2DModel
 
 from genflow.errors import GenflowError
 
+ATTENTION_HEAD_DIM = 32
+
 
 @dataclass(frozen=True)
 class UNetConfig:
@@ -31,6 +33,12 @@ class UNetConfig:
             raise GenflowError("model.attention needs one true/false per entry of model.block_channels")
         if any(c % self.norm_groups for c in self.block_channels):
             raise GenflowError(f"model.block_channels must be multiples of model.norm_groups ({self.norm_groups})")
+        attended = [c for c, a in zip(self.block_channels, self.attention, strict=True) if a] + [self.block_channels[-1]]
+        if min(attended) < ATTENTION_HEAD_DIM:
+            raise GenflowError(
+                f"model.block_channels: blocks with attention, and the last one (it feeds the middle block's attention), need at "
+                f"least {ATTENTION_HEAD_DIM} channels (one attention head), not {min(attended)}"
+            )
         if self.resolution % 2 ** (len(self.block_channels) - 1):
             raise GenflowError(f"resolution {self.resolution} cannot be halved {len(self.block_channels) - 1} times")
 
@@ -73,6 +81,6 @@ def build_unet(config: UNetConfig) -> UNet2DModel:
         up_block_types=up,
         layers_per_block=config.layers_per_block,
         norm_num_groups=config.norm_groups,
-        attention_head_dim=32,
+        attention_head_dim=ATTENTION_HEAD_DIM,
         dropout=config.dropout,
     )
