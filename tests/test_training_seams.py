@@ -50,15 +50,15 @@ class ToTargets:
 
 
 def test_any_objective_trains_through_the_same_loop(tmp_path):
-    config = TrainConfig.from_dict({"steps": 40, "batch_size": 32, "lr": 3e-3, "warmup_steps": 2, "sample_every": 0,
+    config = TrainConfig.from_dict({"steps": 20, "batch_size": 32, "lr": 3e-3, "warmup_steps": 2, "sample_every": 0,
                                     "sample_steps": 2, "checkpoint_every": 0, "device": "cpu", "model": TINY_MODEL})  # fmt: skip
     setup = api.prepare(config)
     setup.objective = objective = ToTargets()
     setup.data = {"images": setup.data["images"], "targets": -setup.data["images"]}
     (tmp_path / "samples").mkdir()
     Trainer(setup, tmp_path).run()
-    assert len(objective.losses) == 40 and sum(objective.losses[-5:]) < 0.5 * sum(objective.losses[:5])
-    assert (tmp_path / "ema.safetensors").is_file() and (tmp_path / "checkpoints" / "step-00000040").is_dir()
+    assert len(objective.losses) == 20 and sum(objective.losses[-5:]) < 0.5 * sum(objective.losses[:5])
+    assert (tmp_path / "ema.safetensors").is_file() and (tmp_path / "checkpoints" / "step-00000020").is_dir()
 
 
 def test_every_process_option_and_solver_option_is_a_flag():
@@ -103,6 +103,9 @@ def test_a_refused_resume_names_the_option_that_changed(tmp_path):
     record = json.loads((run / "config.json").read_text())
     assert record["process"] == {"name": "sde", "options": {"prediction": "eps", "sde": "vp", "beta_min": 0.1, "beta_max": 20.0}}
     assert not {"process", "process_options", "model"} & record["train"].keys()  # each recorded once
-    for options, message in (({"sde": "ve"}, "process option sde is 'vp', not 've'"), ({"beta_max": 10.0}, "beta_max is 20.0, not 10.0")):
+    for options, message in (
+        ({"sde": "ve"}, "process option sde is 'vp', not 've'"),
+        ({"beta_max": 10.0}, "beta_max is 20.0, not 10.0"),
+    ):
         with pytest.raises(GenflowError, match=message):
             api.resume(run, {"process_options": options})
