@@ -124,6 +124,12 @@ def merged_flags(
 
 GRID_HELP = f"Time grid: {', '.join(genflow.GRIDS.names())}."
 
+# Arguments several commands share, spelled once.
+RunArgument = Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")]
+SolverOption = Annotated[str | None, typer.Option(help="Solver (default: the process's own).")]
+GridOption = Annotated[str | None, typer.Option(help=GRID_HELP)]
+DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+
 
 def process_flags() -> list[DerivedFlag]:
     """One flag per process option (``--schedule`` also names ``--beta-schedule``, as it always has)."""

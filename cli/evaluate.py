@@ -8,10 +8,20 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from genflow.cli.core import GRID_HELP, app, fails_cleanly, out_console, solver_flags, with_flags
 from rich.table import Table
 
 from genflow import api
+from genflow.cli.core import (
+    DeviceOption,
+    GridOption,
+    RunArgument,
+    SolverOption,
+    app,
+    fails_cleanly,
+    out_console,
+    solver_flags,
+    with_flags,
+)
 from genflow.errors import GenflowError
 
 
@@ -19,14 +29,14 @@ from genflow.errors import GenflowError
 @fails_cleanly
 @with_flags(solver_flags(), into="solver_options")
 def evaluate(
-    run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None,
-    solver: Annotated[str | None, typer.Option(help="Solver (default: the process's own).")] = None,
+    run: RunArgument = None,
+    solver: SolverOption = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps.")] = None,
-    grid: Annotated[str | None, typer.Option(help=GRID_HELP)] = None,
+    grid: GridOption = None,
     n: Annotated[int, typer.Option("--n", help="Samples to score (at most half the real data).")] = 898,
     seed: Annotated[int, typer.Option(help="Seed for samples and the real-data split.")] = 0,
     batch_size: Annotated[int | None, typer.Option(help="Samples per network call.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: DeviceOption = "auto",
     nll: Annotated[
         bool, typer.Option("--nll", help="Also the negative log-likelihood in bits/dim (probability-flow ODE).")
     ] = False,
@@ -81,7 +91,7 @@ def sweep(
     grid: Annotated[str | None, typer.Option(help="Time grid for every run.")] = None,
     n: Annotated[int, typer.Option("--n", help="Samples per point.")] = 898,
     seed: Annotated[int, typer.Option(help="The same seeds for every point.")] = 0,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: DeviceOption = "auto",
     out: Annotated[Path, typer.Option(help="Directory for sweep.csv, sweep.jsonl and sweep.png.")] = Path("sweep"),
     overwrite: Annotated[bool, typer.Option(help="Replace existing sweep files in --out.")] = False,
 ) -> None:

@@ -7,24 +7,24 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from genflow.cli.core import GRID_HELP, app, fails_cleanly, solver_flags, with_flags
 
 from genflow import api
+from genflow.cli.core import DeviceOption, GridOption, RunArgument, SolverOption, app, fails_cleanly, solver_flags, with_flags
 
 
 @app.command()
 @fails_cleanly
 @with_flags(solver_flags(), into="solver_options")
 def sample(
-    run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None,
-    solver: Annotated[str | None, typer.Option(help="Solver (default: the process's own).")] = None,
+    run: RunArgument = None,
+    solver: SolverOption = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps (default 20; adaptive solvers: 1).")] = None,
-    grid: Annotated[str | None, typer.Option(help=GRID_HELP)] = None,
+    grid: GridOption = None,
     n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 64,
     seed: Annotated[int, typer.Option(help="Sample i uses seed + i, at any batch size.")] = 0,
     batch_size: Annotated[int | None, typer.Option(help="Samples per network call (never changes the samples).")] = None,
     out: Annotated[Path | None, typer.Option(help=".png grid, .npz uint8 NHWC array (arr_0), or a directory of PNGs.")] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")] = "auto",
+    device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
     solver_options: dict | None = None,

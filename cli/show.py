@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
 
-import typer
-from genflow.cli.core import app, fails_cleanly, out_console
 from rich.markup import escape
 from rich.table import Table
 
 import genflow
 from genflow import api
+from genflow.cli.core import RunArgument, app, fails_cleanly, out_console
 from genflow.runs.files import logged_losses
 
 
@@ -31,7 +29,7 @@ def list_components() -> None:
 
 @app.command()
 @fails_cleanly
-def info(run: Annotated[str | None, typer.Argument(help="Run directory (default runs/latest).")] = None) -> None:
+def info(run: RunArgument = None) -> None:
     """Show a run's process, model, training config and last logged loss."""
     loaded = api.load(run, device="cpu")
     train_config = loaded.config["train"]

@@ -6,10 +6,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, with_flags
 
 import genflow
 from genflow import api
+from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, with_flags
 from genflow.config import resolve_config
 from genflow.data import DATASETS
 from genflow.errors import GenflowError

@@ -92,7 +92,9 @@ def train(
         if runtime.is_main:
             files.clear_run(run_dir)
             (run_dir / SAMPLES).mkdir()
-            write_json(run_dir / CONFIG, files.run_record(setup.config, genflow.__version__, setup.data["images"]))
+            write_json(
+                run_dir / CONFIG, files.run_record(setup.config, genflow.__version__, files.data_record(setup.data["images"]))
+            )
             if files.is_default_location(out, run_dir):
                 files.point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
         runtime.barrier()
@@ -146,7 +148,8 @@ def record_resume(run_files: files.RunFiles, setup: TrainingSetup, checkpoint: C
     files.remove_run_temporaries(path)
     if changes:
         version = run_files.config.get("genflow_version", genflow.__version__)
-        write_json(path / CONFIG, files.run_record(setup.config, version, setup.data["images"]))
+        data = run_files.config.get("data") or files.data_record(setup.data["images"])  # verified equal on resume
+        write_json(path / CONFIG, files.run_record(setup.config, version, data))
     resumed_from = checkpoint.path.name if checkpoint else None
     files.keep_metrics_through(path / files.METRICS, done, {"step": done, "resumed_from": resumed_from, "changes": changes})
     (path / SAMPLES).mkdir(exist_ok=True)

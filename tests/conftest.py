@@ -43,8 +43,9 @@ def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def invoke(*args: object):
     """Run the genflow command in this process (Typer's runner; a traceback fails the test)."""
-    from genflow.cli import app
     from typer.testing import CliRunner
+
+    from genflow.cli import app
 
     return CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
 

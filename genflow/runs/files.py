@@ -52,8 +52,14 @@ class RunFiles:
         return config_from_record(self.config, source=str(self.path / CONFIG))
 
 
-def run_record(config: TrainConfig, version: str, images: Tensor) -> dict[str, Any]:
-    """What ``config.json`` holds for a run trained with the resolved ``config``: each key once."""
+def data_record(images: Tensor) -> dict[str, Any]:
+    """How many training images there are and their :func:`data_fingerprint`."""
+    return {"images": len(images), "sha256": data_fingerprint(images)}
+
+
+def run_record(config: TrainConfig, version: str, data: dict[str, Any]) -> dict[str, Any]:
+    """What ``config.json`` holds for a run trained with the resolved ``config`` on ``data``
+    (a :func:`data_record`): each key once."""
     values = config.to_dict()
     return {
         "format": RUN_FORMAT,
@@ -61,7 +67,7 @@ def run_record(config: TrainConfig, version: str, images: Tensor) -> dict[str, A
         "train": {k: v for k, v in values.items() if k not in RECORDED_APART},
         "process": {"name": config.process, "options": config.process_options},
         "model": config.model,
-        "data": {"images": len(images), "sha256": data_fingerprint(images)},
+        "data": data,
     }
 
 
