@@ -10,19 +10,22 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from genflow import api
 from genflow.cli.core import (
     DeviceOption,
     GridOption,
     RunArgument,
     SolverOption,
     app,
+    describe_cost,
     fails_cleanly,
     out_console,
     solver_flags,
     with_flags,
 )
 from genflow.errors import GenflowError
+from genflow.lazy import lazy_import
+
+api = lazy_import("genflow.api")  # torch and diffusers: imported when a command runs
 
 
 @app.command("eval")
@@ -47,9 +50,11 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     solver_options: dict | None = None,
 ) -> None:
-    """Score a run's samples: Frechet distance and KID beside their real-data floors,
-    precision, recall, memorization, and optionally NLL in bits/dim. With --samples, score
-    an .npz of uint8 NHWC images (arr_0) made by any program instead."""
+    """Score a run's samples: Frechet distance and KID beside their real-data floors (training
+    images resampled) and fresh real images' scores, precision, recall, memorization, and
+    optionally NLL in bits/dim. With --samples, score an .npz of uint8 NHWC images (arr_0) made
+    by any program instead."""
+    check_counts(None if samples else n, nll_n if nll else None, nll_steps)
     if samples is not None:
         result = {"samples": str(samples), **api.evaluate_samples_file(samples, dataset, seed)}
         title = f"{samples} ({result['n']} samples, {dataset})"
@@ -57,10 +62,9 @@ def evaluate(
         loaded = api.load(run, device)
         result = {"run": str(loaded.path), "process": loaded.process.name}
         result |= api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **(solver_options or {}))
-        title = f"{loaded.path} ({loaded.process.name}, {result['solver']}, {result['steps']} steps, NFE {result['nfe']:g})"
+        cost = describe_cost(result["solver"], result["steps"], result["grid"], result["nfe"])
+        title = f"{loaded.describe()} ({loaded.process.name}, {result['solver']}, {cost})"
         if nll:
-            if nll_n < 1 or nll_steps < 0:
-                raise GenflowError("--nll-n must be >= 1 and --nll-steps >= 0")
             result |= api.negative_log_likelihood(loaded, nll_n, seed, nll_steps)
     if as_json:
         print(json.dumps(result))
@@ -68,17 +72,31 @@ def evaluate(
         print_scores(title, result)
 
 
+def check_counts(n: int | None, nll_n: int | None, nll_steps: int) -> None:
+    """Refuse counts the scores cannot use before a run is loaded or sampled (None: unused)."""
+    from genflow.metrics import check_sample_count
+
+    if n is not None:
+        check_sample_count(n, name="--n")
+    if nll_n is not None and (nll_n < 1 or nll_steps < 0):
+        raise GenflowError("--nll-n must be >= 1 and --nll-steps >= 0")
+
+
 def print_scores(title: str, result: dict) -> None:
+    """The scores beside the floor (training images drawn with replacement: a perfect copy of the
+    training set, unbeaten beyond noise) and fresh real images (outside the reference: where a
+    model that generalizes perfectly lands), all against the same reference of real images."""
     table = Table(title=title)
     table.add_column("metric")
     table.add_column("score", justify="right")
-    table.add_column("real-data floor", justify="right")
-    table.add_row("Frechet distance", f"{result['fd']:.3f}", f"{result['fd_floor']:.3f}")
-    table.add_row("KID", f"{result['kid']:.4f}", f"{result['kid_floor']:.4f}")
-    table.add_row("precision / recall", f"{result['precision']:.3f} / {result['recall']:.3f}", "")
-    table.add_row("memorized", f"{result['memorized']:.3f}", "~0.01")
+    table.add_column("floor: training\nimages resampled", justify="right")
+    table.add_column("fresh real\nimages", justify="right")
+    table.add_row("Frechet distance", f"{result['fd']:.3f}", f"{result['fd_floor']:.3f}", f"{result['fd_fresh']:.3f}")
+    table.add_row("KID", f"{result['kid']:.4f}", f"{result['kid_floor']:.4f}", f"{result['kid_fresh']:.4f}")
+    table.add_row("precision / recall", f"{result['precision']:.3f} / {result['recall']:.3f}", "", "")
+    table.add_row("memorized", f"{result['memorized']:.3f}", "", "~0.01")
     if "nll_bits_per_dim" in result:
-        table.add_row("NLL (bits/dim)", f"{result['nll_bits_per_dim']:.3f}", "")
+        table.add_row("NLL (bits/dim)", f"{result['nll_bits_per_dim']:.3f}", "", "")
     out_console.print(table)
 
 

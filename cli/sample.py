@@ -8,8 +8,20 @@ from typing import Annotated
 
 import typer
 
-from genflow import api
-from genflow.cli.core import DeviceOption, GridOption, RunArgument, SolverOption, app, fails_cleanly, solver_flags, with_flags
+from genflow.cli.core import (
+    DeviceOption,
+    GridOption,
+    RunArgument,
+    SolverOption,
+    app,
+    describe_cost,
+    fails_cleanly,
+    solver_flags,
+    with_flags,
+)
+from genflow.lazy import lazy_import
+
+api = lazy_import("genflow.api")  # torch and diffusers: imported when a command runs
 
 
 @app.command()
@@ -27,25 +39,28 @@ def sample(
     device: DeviceOption = "auto",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing --out.")] = False,
+    scale: Annotated[
+        int | None,
+        typer.Option(help="Upscale each image N times in a .png grid (nearest neighbour; default: tiles of at least 32 px)."),
+    ] = None,
     solver_options: dict | None = None,
 ) -> None:
     """Sample a trained run with any solver and write the samples. Solver options (below)
     apply to the solvers named in their help."""
+    api.check_scale(scale)
     loaded = api.load(run, device)
     if out is not None:
         api.check_output(out, overwrite)  # before spending the sampling time
     images, stats = api.sample_run(loaded, n, solver, steps, grid, seed, batch_size, **(solver_options or {}))
     if out is None:
-        out = loaded.path / "samples" / f"{stats.solver}-{stats.grid}-{stats.steps}steps-n{n}-seed{seed}.png"
+        out = api.samples_folder(loaded) / f"{stats.solver}-{stats.grid}-{stats.steps}steps-n{n}-seed{seed}.png"
         overwrite = True  # a name derived from every input: the same file each time
-    api.save_samples(images, out, overwrite)
+    api.save_samples(images, out, overwrite, scale)
     result = {
-        "run": str(loaded.path), "process": loaded.process.name, "solver": stats.solver, "grid": stats.grid,
+        "run": str(loaded.path), "checkpoint_step": loaded.checkpoint_step, "process": loaded.process.name, "solver": stats.solver, "grid": stats.grid,
         "steps": stats.steps, "nfe": stats.nfe, "seconds": round(stats.seconds, 4), "n": n, "seed": seed, "out": str(out),
     }  # fmt: skip
     if as_json:
         print(json.dumps(result))
     else:
-        print(
-            f"{stats.solver} on {loaded.process.name}: {stats.steps} steps ({stats.grid}), NFE {stats.nfe:g}, {stats.seconds:.2f} s -> {out}"
-        )
+        print(f"{loaded.describe()}: {stats.solver} on {loaded.process.name}, {describe_cost(stats.solver, stats.steps, stats.grid, stats.nfe)}, {stats.seconds:.2f} s -> {out}")

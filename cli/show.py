@@ -8,9 +8,10 @@ from rich.markup import escape
 from rich.table import Table
 
 import genflow
-from genflow import api
 from genflow.cli.core import RunArgument, app, fails_cleanly, out_console
-from genflow.runs.files import logged_losses
+from genflow.lazy import lazy_import
+
+api = lazy_import("genflow.api")  # torch and diffusers: imported when a command runs
 
 
 @app.command("list")
@@ -34,13 +35,15 @@ def info(run: RunArgument = None) -> None:
     loaded = api.load(run, device="cpu")
     train_config = loaded.config["train"]
     parameters = sum(p.numel() for p in loaded.model.parameters())
-    table = Table(title=str(loaded.path), show_header=False, title_justify="left")
+    table = Table(title=escape(loaded.describe()), show_header=False, title_justify="left")
     table.add_row("process", escape(f"{loaded.process.name} {json.dumps(loaded.process.options())}"))
     table.add_row("default solver", loaded.process.default_solver)
     table.add_row("model", escape(f"{parameters / 1e6:.2f}M parameters, {json.dumps(loaded.config['model'])}"))
     table.add_row("data", f"{train_config['dataset']}")
     for key in ("steps", "batch_size", "lr", "ema_decay", "seed"):
         table.add_row(key, str(train_config[key]))
+    from genflow.runs.files import logged_losses
+
     losses = logged_losses(loaded.path)
     if losses:
         last = losses[-1]

@@ -8,15 +8,18 @@ from typing import Annotated
 import typer
 
 import genflow
-from genflow import api
 from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, with_flags
-from genflow.config import resolve_config
+from genflow.config import resolve_config, route_assignments, to_toml, training_keys
 from genflow.data import DATASETS
 from genflow.errors import GenflowError
+from genflow.lazy import lazy_import
 from genflow.progress import reporter_for
+
+api = lazy_import("genflow.api")  # torch and diffusers: imported when a command runs
 
 PROCESS_FLAGS = process_flags()
 OPTION_NAMES = ", ".join(flag.name for flag in PROCESS_FLAGS)
+TRAINING_KEYS = ", ".join(training_keys())
 
 
 @app.command()
@@ -37,8 +40,16 @@ def train(
     eval_every: Annotated[
         int | None, typer.Option(help="Log the Frechet distance to metrics.jsonl every N steps (digits).")
     ] = None,
+    log_every: Annotated[int | None, typer.Option(help="Log the loss to metrics.jsonl every N steps.")] = None,
+    warmup_steps: Annotated[int | None, typer.Option(help="Linear learning-rate warm-up (at most a tenth of --steps).")] = None,
+    ema_decay: Annotated[float | None, typer.Option(help="Decay of the weights' exponential moving average.")] = None,
     option: Annotated[
-        list[str] | None, typer.Option("--option", "-o", help=f"Any process option as key=value ({OPTION_NAMES}).")
+        list[str] | None,
+        typer.Option(
+            "--option",
+            "-o",
+            help=f"Any process option ({OPTION_NAMES}), config key ({TRAINING_KEYS}) or model.KEY, as key=value.",
+        ),
     ] = None,
     checkpoint_every: Annotated[int | None, typer.Option(help="Save a checkpoint every N steps (0: only at the end).")] = None,
     keep_checkpoints: Annotated[int | None, typer.Option(help="How many of the newest checkpoints to keep.")] = None,
@@ -47,23 +58,35 @@ def train(
     resume: Annotated[
         Path | None, typer.Option(help="Continue this run from its newest valid checkpoint (--steps may raise its budget).")
     ] = None,
+    final_grid: Annotated[bool | None, typer.Option("--final-grid/--no-final-grid", help="Sample a grid at the end.")] = None,
+    print_config: Annotated[
+        bool, typer.Option("--print-config", help="Print the resolved config as a TOML preset and exit (nothing is written).")
+    ] = False,
     named_options: dict | None = None,
 ) -> None:
     """Train the shared UNet under a process (rectified flow on the embedded digits by default).
     Ctrl-C or SIGTERM saves a checkpoint and exits 130 or 143; --resume RUN continues it.
     Every process option is a flag (below) or -o key=value."""
-    process_options = (named_options or {}) | parse_assignments(option or [])
-    overrides = {
+    assigned = route_assignments(parse_assignments(option or []))
+    flags = {
         "dataset": dataset, "data_dir": data_dir, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "device": device, "precision": precision, "sample_every": sample_every, "eval_every": eval_every,
-        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "process_options": process_options,
+        "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "log_every": log_every,
+        "warmup_steps": warmup_steps, "ema_decay": ema_decay, "final_grid": final_grid,
     }  # fmt: skip
+    overrides = assigned | {k: v for k, v in flags.items() if v is not None}
+    overrides["process_options"] = assigned["process_options"] | (named_options or {})
     if resume is not None:
         if config is not None or out is not None or overwrite:
             raise GenflowError("--resume continues a run in place with its own config; drop --config, --out and --overwrite")
+        if print_config:
+            raise GenflowError(f"--print-config shows a new run's config; a run's own is in {resume / 'config.json'}")
         run_dir = api.resume(resume, overrides | {"process": process}, reporter_for())
         print(f"trained {run_dir} to step {api.read_run(run_dir).config['train']['steps']}")
         return
     resolved = resolve_config(config, process, overrides)
+    if print_config:
+        print(to_toml(api.prepare(resolved).config), end="")
+        return
     run_dir = api.train(resolved, out, overwrite, reporter_for())
     print(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")

@@ -26,13 +26,26 @@ from genflow.errors import (
     TrainingStopped,
     UnknownNameError,
 )
-from genflow.likelihood import log_likelihood
 from genflow.processes import PROCESSES, GaussianProcess, Schedule, make_process
-from genflow.sampling import SamplingStats, sample
 from genflow.solvers import SOLVERS, BoundModel, NoiseSource
 from genflow.timesteps import GRIDS, make_grid
 
 __version__ = "0.1.0"
+
+# Imported on first use (PEP 562): they pull in torch, which the registries above do not.
+_LAZY = {"sample": "genflow.sampling", "SamplingStats": "genflow.sampling", "log_likelihood": "genflow.likelihood"}
+
+
+def __getattr__(name: str) -> object:
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'genflow' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
 
 __all__ = [
     "GRIDS",

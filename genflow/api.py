@@ -22,7 +22,7 @@ from genflow.evaluation import (
     score,
     training_evaluator,
 )
-from genflow.image_files import check_output, save_samples
+from genflow.image_files import check_output, check_scale, save_samples
 from genflow.nn import Preconditioner, UNetConfig, preset_for
 from genflow.processes import GaussianProcess, make_process
 from genflow.progress import Reporter, SilentReporter
@@ -39,6 +39,7 @@ from genflow.train.state import check_batch_size
 __all__ = [
     "LoadedRun",
     "check_output",
+    "check_scale",
     "checkpoint_status",
     "evaluate_run",
     "evaluate_samples_file",
@@ -48,6 +49,7 @@ __all__ = [
     "read_run",
     "resume",
     "sample_run",
+    "samples_folder",
     "save_samples",
     "train",
 ]
@@ -163,11 +165,20 @@ class LoadedRun:
     process: GaussianProcess
     model: Preconditioner
     config: dict
+    checkpoint_step: int | None = None
+    """The step of the checkpoint whose weights were loaded, for an unfinished run; ``None``
+    when the run finished and its final weights were loaded."""
+
+    def describe(self) -> str:
+        """The run, and for an unfinished one which weights sample it."""
+        if self.checkpoint_step is None:
+            return str(self.path)
+        return f"{self.path} (unfinished: checkpoint of step {self.checkpoint_step} of {self.config['train']['steps']})"
 
 
 def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
     """Load a run's EMA weights into its backbone, behind the preconditioner of its process."""
-    run_files = read_run(files.resolve_run(run))
+    run_files = read_run(files.resolve_run(run))  # runs/latest: the run it points at
     record = run_files.config
     try:
         process = make_process(record["process"]["name"], **record["process"]["options"])
@@ -175,9 +186,20 @@ def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
     except (GenflowError, KeyError, TypeError) as error:
         raise GenflowError(f"{run_files.path / CONFIG} does not describe a genflow model: {error}") from None
     model = Preconditioner(unet_config, process.schedule)
-    weights, source = files.ema_weights(run_files.path)
+    weights, source, step = files.ema_weights(run_files.path)
     load_matching(model.unet, weights, source)
-    return LoadedRun(run_files.path, process, model.to(pick_device(device)).eval(), record)
+    return LoadedRun(run_files.path, process, model.to(pick_device(device)).eval(), record, step)
+
+
+def samples_folder(loaded: LoadedRun) -> Path:
+    """The run's ``samples`` folder, where sampling without ``--out`` writes; created if the
+    run lacks it (genflow's own folder, so making it is allowed)."""
+    folder = loaded.path / SAMPLES
+    try:
+        folder.mkdir(exist_ok=True)
+    except OSError as error:
+        raise GenflowError(f"cannot write in {folder}: {error.strerror or error}; pass --out") from None
+    return folder
 
 
 def sample_run(
@@ -193,6 +215,7 @@ def sample_run(
     """``n`` samples of a loaded run, with the stats of how they were made."""
     if n < 1:
         raise GenflowError(f"n must be >= 1, not {n}")
+    check_fixed_steps(solver or loaded.process.default_solver, steps)
     config = loaded.model.config
     stats = SamplingStats()
     shape = (n, config.channels, config.resolution, config.resolution)
@@ -201,11 +224,25 @@ def sample_run(
     return images, stats
 
 
+def check_fixed_steps(solver: str, steps: int | None) -> None:
+    """Refuse a step count for an adaptive solver: it picks its own steps (a count would only
+    add points it must pass through, costing more, not less)."""
+    if steps is not None and genflow.SOLVERS.get(solver).adaptive:
+        raise GenflowError(
+            f"{solver} is adaptive: it picks its own steps, so --steps does not apply; set its accuracy with --rtol and "
+            f"--atol (default 1e-5), or choose a fixed-step solver (--solver heun --steps {steps})"
+        )
+
+
 def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: int | None = None, grid: str | None = None,
                  seed: int = 0, batch_size: int | None = None, **solver_options: float) -> dict:  # fmt: skip
-    """Sample ``n`` images and score them against the real data, floors included."""
+    """Sample ``n`` images and score them against the real data, floors included; a count the
+    scores cannot use is refused before sampling."""
+    from genflow.metrics import check_sample_count
+
     feature_classifier(loaded.config["train"]["dataset"])  # refuses a dataset without one before loading or sampling
     dataset, real = run_dataset(loaded)
+    check_sample_count(n, len(real))
     images, stats = sample_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options)
     return {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
             "seconds": round(stats.seconds, 4), **score(images, real, dataset, seed)}  # fmt: skip

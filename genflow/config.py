@@ -10,13 +10,14 @@ errors, never ignored.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import tomllib
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.abc import Traversable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 from genflow.errors import GenflowError
 from genflow.registry import did_you_mean
@@ -53,6 +54,7 @@ class TrainConfig:
     eval_n: int = 512
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
+    final_grid: bool = True
     max_nonfinite: int = 10
 
     def validate(self) -> TrainConfig:
@@ -85,11 +87,59 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "config") -> TrainConfig:
-        known = [f.name for f in dataclasses.fields(cls)]
+        """The config of ``values``; an unknown key (with "did you mean") or a value of the
+        wrong type is a one-line error naming the key."""
+        hints = get_type_hints(cls)
         for key in values:
-            if key not in known:
-                raise GenflowError(f"unknown key {key!r} in {source}; {did_you_mean(key, known)}")
-        return cls(**values)
+            if key not in hints:
+                raise GenflowError(f"unknown key {key!r} in {source}; {did_you_mean(key, list(hints))}")
+        return cls(**{key: typed_value(key, value, hints[key]) for key, value in values.items()})
+
+
+TYPE_NAMES = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a table"}
+
+
+def typed_value(key: str, value: Any, hint: Any) -> Any:
+    """``value`` checked against the field's type ``hint`` (``int``, ``float``, ``str``,
+    ``bool``, ``dict`` or ``str | None``); an int is accepted (and converted) where a float is."""
+    if hint == str | None:
+        hint = str if value is not None else type(None)
+    kind = getattr(hint, "__origin__", hint)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
+        return value
+    raise GenflowError(f"{key} must be {TYPE_NAMES.get(kind, kind.__name__)}, not {value!r}")
+
+
+SET_ELSEWHERE = ("process", "process_options", "model")
+"""Config keys with a flag or table of their own rather than ``-o key=value``."""
+
+
+def training_keys() -> list[str]:
+    """The config keys ``-o key=value`` sets (``model.KEY`` sets a backbone key)."""
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in SET_ELSEWHERE]
+
+
+def route_assignments(assignments: dict[str, Any]) -> dict[str, Any]:
+    """``-o key=value`` pairs as config overrides: training keys at the top, ``model.KEY`` in
+    ``model`` and every other key in ``process_options`` (the process checks its own names).
+    A key that no process and no config knows is an error with the closest names of both."""
+    from genflow.processes import PROCESSES
+
+    process_option_names = {name for _, cls in PROCESSES.items() for name in cls.option_names()}
+    routed: dict[str, Any] = {"model": {}, "process_options": {}}
+    for key, value in assignments.items():
+        if key in training_keys():
+            routed[key] = value
+        elif key.startswith("model."):
+            routed["model"][key.removeprefix("model.")] = value
+        elif key in process_option_names:
+            routed["process_options"][key] = value
+        else:
+            choices = [*training_keys(), *sorted(process_option_names), "model.<key>"]
+            raise GenflowError(f"unknown option {key!r} for -o; {did_you_mean(key, choices)}")
+    return routed
 
 
 def preset_names() -> list[str]:
@@ -118,16 +168,60 @@ def read_preset(name_or_path: str) -> dict[str, Any]:
         raise GenflowError(f"cannot read config {path}: {error}") from None
 
 
+TABLES = ("process_options", "model")
+
+
 def merge_values(values: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """``values`` with ``overrides`` on top: keys whose value is ``None`` were not given;
-    ``process_options`` merge key by key."""
-    merged = values | {k: v for k, v in overrides.items() if v is not None and k != "process_options"}
-    merged["process_options"] = {**values.get("process_options", {}), **(overrides.get("process_options") or {})}
+    the tables ``process_options`` and ``model`` merge key by key."""
+    merged = values | {k: v for k, v in overrides.items() if v is not None and k not in TABLES}
+    for table in TABLES:
+        if values.get(table) or overrides.get(table):
+            merged[table] = {**values.get(table, {}), **(overrides.get(table) or {})}
     return merged
+
+
+def to_toml(config: TrainConfig) -> str:
+    """``config`` as a preset file that ``genflow train --config FILE`` reads back: the
+    training keys, then the ``[process_options]`` and ``[model]`` tables (``None`` omitted)."""
+    values = {k: v for k, v in config.to_dict().items() if v is not None}
+    lines = [f"{key} = {toml_value(value)}" for key, value in values.items() if key not in TABLES]
+    for table in TABLES:
+        lines += ["", f"[{table}]", *(f"{key} = {toml_value(value)}" for key, value in values[table].items())]
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value: Any) -> str:
+    """A TOML scalar or array: strings quoted, booleans lower case, floats with repr's round trip."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, float) and not math.isfinite(value):
+        return {math.inf: "inf", -math.inf: "-inf"}.get(value, "nan")
+    return repr(value)
 
 
 def resolve_config(config_file: str | None, process: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """Preset (``config_file``, else the preset of ``process``, else rectified-flow's), then
     ``overrides`` (flags given on the command line; ``None`` values mean not given)."""
+    from genflow.processes import PROCESSES, make_process
+
+    if process is not None and config_file is None:
+        PROCESSES.get(process)  # an unknown name is "unknown process", not "no preset"
     values = merge_values(read_preset(config_file or process or "rectified-flow"), overrides | {"process": process})
-    return TrainConfig.from_dict(values, source=config_file or "preset").validate()
+    config = TrainConfig.from_dict(values, source=config_file or "preset").validate()
+    make_process(config.process, **config.process_options)  # its options checked now, before torch is imported
+    return capped_warmup(config)
+
+
+WARMUP_SHARE = 10
+"""A new run's warm-up takes at most ``1 / WARMUP_SHARE`` of its steps."""
+
+
+def capped_warmup(config: TrainConfig) -> TrainConfig:
+    """``config`` with its warm-up capped at a tenth of the run, so that the cosine decay that
+    follows it has room (a warm-up as long as the run would never lower the learning rate)."""
+    return dataclasses.replace(config, warmup_steps=min(config.warmup_steps, config.steps // WARMUP_SHARE))

@@ -9,12 +9,17 @@ value is a folder of images of one size.
 from __future__ import annotations
 
 from pathlib import Path
-
-import numpy as np
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.errors import GenflowError
+from genflow.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from PIL.Image import Image
+    from torch import Tensor
+
+np = lazy_import("numpy")
+torch = lazy_import("torch")
 
 TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
@@ -53,34 +58,94 @@ def load_torchvision(name: str, data_dir: str | Path | None) -> Tensor:
     cls = getattr(torchvision.datasets, TORCHVISION_SETS[name])
     try:
         dataset = cls(root=str(data_dir), train=True, download=False)
-    except RuntimeError as error:
-        raise GenflowError(f"cannot read {name!r} under {data_dir}: {error}") from None
+    except (RuntimeError, OSError, ValueError, AssertionError) as error:  # torchvision asserts on a malformed idx file
+        raise GenflowError(torchvision_files_message(name, Path(data_dir), error)) from None
     array = np.asarray(dataset.data)
     if array.ndim == 3:
         array = array[..., None]
     return uint8_to_unit_range(torch.from_numpy(array).permute(0, 3, 1, 2))
 
 
-def load_image_folder(path: Path) -> Tensor:
-    """Every image under ``path`` (recursively); all must share one size and channel count."""
-    from PIL import Image
+def torchvision_files(name: str, root: Path) -> tuple[Path, list[str], str]:
+    """The folder torchvision's class for ``name`` reads under ``root``, the files it checks
+    there (all of them, test split included), and how to get them."""
+    import torchvision
 
+    cls = getattr(torchvision.datasets, TORCHVISION_SETS[name])
+    if hasattr(cls, "base_folder"):  # CIFAR: the extracted python archive, checksummed
+        needed = [file for file, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
+        return root / cls.base_folder, needed, f"extract {cls.url} into {root}"
+    needed = [Path(file).stem for file, _ in cls.resources]  # MNIST family: the unzipped idx files
+    return root / cls.__name__ / "raw", needed, f"download the .gz files from {cls.mirrors[0]} and gunzip them there"
+
+
+def torchvision_files_message(name: str, root: Path, error: Exception) -> str:
+    """One line: which of torchvision's files for ``name`` are missing, where they go, where to get them."""
+    folder, needed, source = torchvision_files(name, root)
+    missing = [file for file in needed if not (folder / file).is_file()]
+    if missing:
+        problem = "no files there" if len(missing) == len(needed) else f"missing {', '.join(missing)}"
+    else:
+        problem = f"the files there are damaged or not torchvision's ({error or type(error).__name__})"
+    return (
+        f"cannot read {name!r} under {root}: genflow reads {', '.join(needed)} in {folder} and downloads nothing; "
+        f"{problem}; {source}"
+    )
+
+
+def load_image_folder(path: Path) -> Tensor:
+    """Every image under ``path`` (recursively), all of one size. Grey images (and palette
+    images whose pixels are all grey) give one channel unless any image has colour: then every
+    image is RGB. Alpha is dropped; 16-bit images are scaled to 8 bits."""
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GenflowError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}")
     arrays = []
     for file in files:
-        try:
-            with Image.open(file) as image:
-                array = np.asarray(image.convert("L" if image.mode in ("L", "1", "P", "I;16") else "RGB"))
-        except OSError as error:
-            raise GenflowError(f"cannot read image {file}: {error}") from None
-        arrays.append(array[..., None] if array.ndim == 2 else array)
-        if arrays[-1].shape != arrays[0].shape:
+        arrays.append(read_image(file))
+        if arrays[-1].shape[:2] != arrays[0].shape[:2]:
+            (h0, w0), (h, w) = arrays[0].shape[:2], arrays[-1].shape[:2]
             raise GenflowError(
-                f"images differ in size or channels: {files[0].name} is {arrays[0].shape}, {file.name} is {arrays[-1].shape}"
+                f"images differ in size: {files[0].relative_to(path)} is {w0}x{h0}, {file.relative_to(path)} is {w}x{h}; "
+                "resize them to one size"
             )
-    return uint8_to_unit_range(torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2))
+    channels = max(array.shape[2] for array in arrays)
+    stacked = np.stack([np.repeat(array, channels // array.shape[2], axis=2) for array in arrays])
+    return uint8_to_unit_range(torch.from_numpy(stacked).permute(0, 3, 1, 2))
+
+
+def read_image(file: Path) -> np.ndarray:
+    """One image file as uint8 of shape (H, W, 1) if grey, (H, W, 3) if it has colour."""
+    from PIL import Image
+
+    try:
+        with Image.open(file) as image:
+            return image_pixels(image)
+    except OSError as error:
+        raise GenflowError(f"cannot read image {file}: {error}") from None
+
+
+GREY_MODES = ("1", "L", "LA", "La")
+SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open as I;16 (older Pillow: I)
+
+
+def image_pixels(image: Image) -> np.ndarray:
+    """A PIL image's pixels by content: grey modes and grey palettes one channel, else RGB;
+    alpha dropped, 16-bit values scaled to 0..255."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        wide = np.clip(np.asarray(image).astype(np.float64), 0, 65535)
+        return np.round(wide * (255 / 65535)).astype(np.uint8)[..., None]
+    if image.mode in GREY_MODES:
+        return np.asarray(image.convert("L"))[..., None]
+    if image.mode in ("P", "PA"):
+        rgb = np.asarray(image.convert("RGBA"))[..., :3]  # via RGBA: keeps palettes with transparency exact
+        return rgb[..., :1] if is_grey(rgb) else rgb
+    return np.asarray(image.convert("RGB"))
+
+
+def is_grey(rgb: np.ndarray) -> bool:
+    """Whether every pixel of an (H, W, 3) array has equal red, green and blue."""
+    return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
 
 
 def uint8_to_unit_range(images: Tensor) -> Tensor:

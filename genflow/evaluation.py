@@ -66,11 +66,14 @@ def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int
 
 def evaluate_samples_file(path: Path, dataset: str = "digits", seed: int = 0) -> dict:
     """Score images made by any program against ``dataset``, floors included."""
+    from genflow.metrics import check_sample_count
+
     feature_classifier(dataset)
     real = load_dataset(dataset)
     images = read_samples_file(path)
     if images.shape[1:] != real.shape[1:]:
         raise GenflowError(f"{path} holds images of shape {tuple(images.shape[1:])}, {dataset} has {tuple(real.shape[1:])}")
+    check_sample_count(len(images), len(real), name=f"the number of images in {path}")
     return score(images, real, dataset, seed)
 
 
@@ -79,9 +82,10 @@ def training_evaluator(
 ) -> Callable[[nn.Module], dict]:
     """Frechet distance (and its floor) of ``eval_n`` EMA samples with the process's default
     solver at ``sample_steps``, for ``--eval-every``."""
+    from genflow.metrics import check_sample_count
+
     feature_classifier(config.dataset)
-    if 2 * config.eval_n > len(images):
-        raise GenflowError(f"eval_n must be at most {len(images) // 2} (half the real data) for --eval-every")
+    check_sample_count(config.eval_n, len(images), name="eval_n")
 
     def scores(ema: nn.Module) -> dict:
         shape = (config.eval_n, *images.shape[1:])

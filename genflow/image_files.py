@@ -4,6 +4,9 @@ samples made by any program, read back for scoring."""
 
 from __future__ import annotations
 
+import math
+import os
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -15,41 +18,83 @@ from genflow.errors import GenflowError
 from genflow.storage import atomic_write
 
 OUTPUT_SUFFIXES = ("", ".png", ".npz")
+MIN_TILE_PIXELS = 32  # the automatic grid scale makes each tile at least this high
 
 
 def check_output(out: Path, overwrite: bool) -> None:
-    """Refuse an output of unknown kind, or one that exists, unless ``overwrite``."""
+    """Refuse, before any sampling, an output of unknown kind, one that exists (unless
+    ``overwrite``), or one that cannot be written: its parent folder missing (only a PNG
+    folder itself is created, never its parents), not a folder, or not writable."""
     if out.suffix.lower() not in OUTPUT_SUFFIXES:
         raise GenflowError(f"unsupported output {out}: use a .png (grid), a .npz (array) or a directory")
     if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
         raise GenflowError(f"{out} exists; choose another --out or pass --overwrite")
+    check_writable_folder(out if out.is_dir() else out.parent, out)
 
 
-def save_samples(images: Tensor, out: Path, overwrite: bool = False) -> Path:
+def check_writable_folder(folder: Path, out: Path) -> None:
+    """Refuse writing ``out`` in ``folder`` unless it is an existing folder that takes new files."""
+    if not folder.exists():
+        blocker = next((p for p in folder.parents if p.exists()), None)
+        if blocker is not None and not blocker.is_dir():
+            raise GenflowError(f"cannot write {out}: {blocker} is a file, not a folder")
+        raise GenflowError(f"cannot write {out}: folder {folder} does not exist; create it first")
+    if not folder.is_dir():
+        raise GenflowError(f"cannot write {out}: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise GenflowError(f"cannot write {out}: no permission to write in {folder}")
+    try:  # root passes os.access everywhere; only creating a file tells (/proc, read-only mounts)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise GenflowError(f"cannot write {out}: {folder} takes no new files ({error.strerror or error})") from None
+
+
+def grid_scale(scale: int | None, height: int) -> int:
+    """The upscaling of a grid's tiles: ``scale`` if given (>= 1), else the least whole factor
+    that makes tiles of ``height`` pixels at least :data:`MIN_TILE_PIXELS` high."""
+    return scale if scale is not None else max(1, math.ceil(MIN_TILE_PIXELS / height))
+
+
+def check_scale(scale: int | None) -> None:
+    """Refuse a grid scale below 1 (``None`` is the automatic scale)."""
+    if scale is not None and scale < 1:
+        raise GenflowError(f"scale must be a whole number >= 1 (1 keeps the native size), not {scale}")
+
+
+def save_samples(images: Tensor, out: Path, overwrite: bool = False, scale: int | None = None) -> Path:
     """By the path: ``.png`` a grid, ``.npz`` uint8 NHWC under ``arr_0``, otherwise a
-    directory of one PNG per sample. An existing output is refused unless ``overwrite``.
-    Files are written whole under a temporary name, then renamed."""
+    directory of one PNG per sample. An existing output is refused unless ``overwrite``; the
+    parent folder must exist. Only a grid is upscaled, ``scale`` times by nearest neighbour
+    (default: tiles at least 32 pixels high). Files are written whole under a temporary name,
+    then renamed."""
     from torchvision.utils import save_image
 
+    check_scale(scale)
     check_output(out, overwrite)
     suffix = out.suffix.lower()
     images = images.detach().float().cpu()
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
         if suffix == ".png":
             nrow = max(1, int(np.ceil(np.sqrt(len(images)))))
-            grid = to_unit_interval(images)
+            grid = upscale(to_unit_interval(images), grid_scale(scale, images.shape[-2]))
             atomic_write(out, lambda tmp: save_image(grid, tmp, format="png", nrow=nrow, padding=1))
         elif suffix == ".npz":
             array = to_uint8(images).permute(0, 2, 3, 1).numpy()
             atomic_write(out, lambda tmp: write_npz(tmp, array))
         else:
-            out.mkdir(parents=True, exist_ok=True)
+            out.mkdir(exist_ok=True)
             for i, image in enumerate(images):
                 save_image(to_unit_interval(image), out / f"{i:06d}.png")
     except OSError as error:
         raise GenflowError(f"cannot write {out}: {error.strerror or error}") from None
     return out
+
+
+def upscale(images: Tensor, scale: int) -> Tensor:
+    """NCHW images with every pixel repeated ``scale`` times down and across (nearest neighbour)."""
+    if scale == 1:
+        return images
+    return images.repeat_interleave(scale, dim=-2).repeat_interleave(scale, dim=-1)
 
 
 def write_npz(path: Path, array: np.ndarray) -> None:

@@ -14,25 +14,44 @@ class Reporter(Protocol):
     """Where training progress goes: a rich progress bar or plain lines."""
 
     def start(self, total: int, done: int = 0) -> None: ...
+    def due(self, step: int) -> bool:
+        """Whether to report ``step`` although it is not a logging step."""
+        ...
     def step(self, step: int, loss: float, lr: float) -> None: ...
     def note(self, message: str) -> None: ...
     def finish(self) -> None: ...
 
 
-class PlainReporter:
-    """One line per logged step: step, loss, lr, it/s and ETA (for logs and pipes)."""
+def duration(seconds: float) -> str:
+    """``42s``, ``7m05s`` or ``2h13m``."""
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
-    def __init__(self, stream: TextIO | None = None) -> None:
+
+class PlainReporter:
+    """A line per logged step, for the first step of a session at once, and at least every
+    ``interval`` seconds: step, loss, lr, steps per second and the time left (logs and pipes)."""
+
+    def __init__(self, stream: TextIO | None = None, interval: float = 30.0) -> None:
         self.stream = stream or sys.stderr
+        self.interval = interval
 
     def start(self, total: int, done: int = 0) -> None:
-        self.total, self.done, self.started = total, done, time.perf_counter()
+        self.total, self.done = total, done
+        self.started = self.last_line = time.perf_counter()
+
+    def due(self, step: int) -> bool:
+        return step == self.done + 1 or time.perf_counter() - self.last_line >= self.interval
 
     def step(self, step: int, loss: float, lr: float) -> None:
-        rate = (step - self.done) / max(time.perf_counter() - self.started, 1e-9)
-        eta = (self.total - step) / rate
+        self.last_line = time.perf_counter()
+        rate = (step - self.done) / max(self.last_line - self.started, 1e-9)
         print(
-            f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {rate:.1f} it/s  eta {eta:.0f}s",
+            f"step {step}/{self.total}  loss {loss:.4f}  lr {lr:.2e}  {rate:.2f} it/s  eta {duration((self.total - step) / rate)}",
             file=self.stream,
             flush=True,
         )
@@ -64,6 +83,9 @@ class RichReporter:
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=done, loss=float("nan"), rate="-")
 
+    def due(self, step: int) -> bool:
+        return True  # the bar redraws at its own pace; each update is cheap
+
     def step(self, step: int, loss: float, lr: float) -> None:
         rate = (step - self.done) / max(time.perf_counter() - self.started, 1e-9)
         self.progress.update(self.task, completed=step, loss=loss, rate=f"{rate:.1f}")
@@ -76,6 +98,9 @@ class RichReporter:
 
 
 class SilentReporter(PlainReporter):
+    def due(self, step: int) -> bool:
+        return False
+
     def step(self, step: int, loss: float, lr: float) -> None:
         pass
 

@@ -8,6 +8,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO, TypeVar
 
+import genflow
 from genflow import api
 from genflow.errors import GenflowError, IncompatibleError
 
@@ -36,7 +37,7 @@ def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str |
     rows = []
     for loaded in loaded_runs:
         for solver in solvers:
-            for count in steps:
+            for count in [None] if genflow.SOLVERS.get(solver).adaptive else steps:  # adaptive: it picks its own steps
                 try:
                     result = api.evaluate_run(loaded, n, solver, count, grid, seed)
                 except IncompatibleError as error:
@@ -44,7 +45,7 @@ def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str |
                     break
                 row = {"run": str(loaded.path), "process": loaded.process.name, **result}
                 rows.append({k: row[k] for k in COLUMNS})
-                note(progress, f"{loaded.path} {solver} steps={count} NFE={row['nfe']:g} FD={row['fd']:.3f} (floor {row['fd_floor']:.3f})")
+                note(progress, f"{loaded.path} {solver} steps={count or 'adaptive'} NFE={row['nfe']:g} FD={row['fd']:.3f} (floor {row['fd_floor']:.3f})")
     write_table(rows, out)
     plot(rows, out / "sweep.png")
     return rows

@@ -11,20 +11,24 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.errors import GenflowError
+from genflow.lazy import lazy_import
 from genflow.processes.base import GaussianProcess
 from genflow.registry import Registry
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 NOISE_LEVEL_MAX = 80.0
 """EDM's sigma_max: grids in noise level start their ramp no higher (Karras et al. 2022, table 1)."""
 NOISE_LEVEL_MIN = 0.002
 """EDM's sigma_min: the lowest noise level a ramp reaches before the final step to t = 0."""
 
-GridFn = Callable[..., Tensor]
+GridFn = Callable[..., "Tensor"]
 GRIDS: Registry[tuple[GridFn, str]] = Registry("time grid")
 
 

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import expect_usage_error, invoke, tiny_preset
@@ -77,6 +78,13 @@ def without_checkpoints(ws: Workspace) -> Path:
     return run
 
 
+def samples_file(ws: Workspace, name: str, count: int) -> Path:
+    """A samples file of ``count`` blank 8x8 grey images (uint8 NHWC under arr_0)."""
+    path = ws.path(name)
+    np.savez(path, np.zeros((count, 8, 8, 1), dtype=np.uint8))
+    return path
+
+
 def existing_file(ws: Workspace, name: str) -> Path:
     path = ws.path(name)
     path.write_bytes(b"precious")
@@ -87,9 +95,11 @@ def existing_file(ws: Workspace, name: str) -> Path:
 CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "missing dataset folder": (lambda ws: ["train", "--dataset", ws.path("no-such-folder"), "--steps", 1], ("dataset folder", "does not exist")),
     "empty dataset folder": (lambda ws: ["train", "--dataset", ws.image_folder("empty", []), "--steps", 1], ("no images",)),
-    "images of mixed sizes": (lambda ws: ["train", "--dataset", ws.image_folder("sizes", [("L", 8), ("L", 16)])], ("differ in size or channels",)),
-    "images of mixed channels": (lambda ws: ["train", "--dataset", ws.image_folder("channels", [("L", 8), ("RGB", 8)])], ("differ in size or channels",)),
-    "torchvision set without files": (lambda ws: ["train", "--dataset", "mnist", "--data-dir", ws.path("nothing")], ("cannot read 'mnist'",)),
+    "images of mixed sizes": (lambda ws: ["train", "--dataset", ws.image_folder("sizes", [("L", 8), ("RGB", 16)])], ("differ in size", "0.png is 8x8, 1.png is 16x16", "resize")),
+    "torchvision set without files": (lambda ws: ["train", "--dataset", "mnist", "--data-dir", ws.path("nothing")],
+                                      ("cannot read 'mnist'", "train-images-idx3-ubyte, train-labels-idx1-ubyte", "nothing/MNIST/raw", "gunzip")),
+    "cifar10 without files": (lambda ws: ["train", "--dataset", "cifar10", "--data-dir", ws.path("nothing")],
+                              ("cannot read 'cifar10'", "data_batch_1", "batches.meta", "nothing/cifar-10-batches-py", "cifar-10-python.tar.gz")),
     "unknown process": (lambda ws: ["train", "--process", "rectified_flow"], ("did you mean 'rectified-flow'",)),
     "unknown process option": (lambda ws: ["train", "--process", "sde", "--coupling", "ot"], ("unknown option for process 'sde'",)),
     "unknown solver": (lambda ws: ["sample", ws.run, "--solver", "huen"], ("did you mean 'heun'",)),
@@ -105,7 +115,11 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "sample steps zero": (lambda ws: ["sample", ws.run, "--steps", 0], ("steps must be",)),
     "sample n zero": (lambda ws: ["sample", ws.run, "--n", 0], ("n must be >= 1",)),
     "sample n negative": (lambda ws: ["sample", ws.run, "--n", -4], ("n must be >= 1",)),
-    "eval n zero": (lambda ws: ["eval", ws.run, "--n", 0], ("n must be >= 1",)),
+    "eval n zero": (lambda ws: ["eval", ws.run, "--n", 0], ("--n must be >= 4",)),
+    "eval n one": (lambda ws: ["eval", ws.run, "--n", 1], ("--n must be >= 4", "nearest neighbours", "not 1")),
+    "eval n three": (lambda ws: ["eval", ws.run, "--n", 3], ("--n must be >= 4", "not 3")),
+    "eval n too large": (lambda ws: ["eval", ws.run, "--n", 2000], ("n must be at most 898", "not 2000")),
+    "eval samples file too small": (lambda ws: ["eval", "--samples", samples_file(ws, "three.npz", 3)], ("images in", "must be >= 4", "not 3")),
     "missing run": (lambda ws: ["sample", ws.path("no-such-run")], ("does not exist",)),
     "folder that is not a run": (lambda ws: ["sample", ws.image_folder("not-a-run", [])], ("not a genflow run",)),
     "resume a folder that is not a run": (lambda ws: ["train", "--resume", ws.path("not-a-run")], ("not a genflow run",)),
@@ -121,6 +135,11 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "train output exists": (lambda ws: ["train", "--config", ws.preset, "--out", ws.run], ("--overwrite",)),
     "sample output of unknown kind": (lambda ws: ["sample", ws.run, "--out", ws.path("x.jpg")], ("use a .png",)),
     "unwritable sample output": (lambda ws: ["sample", ws.run, "--out", existing_file(ws, "a-file") / "grid.png"], ("cannot write",)),
+    "sample output parent missing": (lambda ws: ["sample", ws.run, "--out", ws.path("no-dir") / "grid.png"], ("no-dir does not exist", "create it first")),
+    "sample PNG folder with a missing parent": (lambda ws: ["sample", ws.run, "--out", ws.path("no-dir") / "pngs"], ("no-dir does not exist",)),
+    "sample output in an unwritable place": (lambda ws: ["sample", ws.run, "--out", existing_file(ws, "c-file") / "sub" / "x.npz"],
+                                             ("cannot write", "c-file is a file")),
+    "sample scale zero": (lambda ws: ["sample", ws.run, "--scale", 0], ("scale must be a whole number >= 1",)),
     "unwritable run directory": (lambda ws: ["train", "--config", ws.preset, "--out", existing_file(ws, "b-file") / "run"], ("cannot create run directory",)),
     "unreadable config": (lambda ws: ["train", "--config", existing_file(ws, "bad.toml")], ("cannot read config",)),
     "missing config": (lambda ws: ["train", "--config", ws.path("missing.toml")], ("does not exist",)),
@@ -148,3 +167,12 @@ def test_bad_input_is_one_line_exit_2_and_damages_nothing(case, workspace, monke
     before = snapshot(workspace.root)
     expect_usage_error(invoke(*arguments), *fragments)
     assert snapshot(workspace.root) == before
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc, a folder that takes no new files even for root")
+def test_an_output_in_proc_is_refused_before_sampling(workspace, monkeypatch):
+    def sample_run(*args, **kwargs):
+        raise AssertionError("sampled before checking the output")
+
+    monkeypatch.setattr("genflow.api.sample_run", sample_run)
+    expect_usage_error(invoke("sample", workspace.run, "--out", "/proc/x.png"), "cannot write /proc/x.png")

@@ -4,6 +4,7 @@ runner and as a real subprocess."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_train_writes_a_complete_run_and_flags_override_the_preset(run_dir):
 
 def test_sample_writes_every_format(run_dir, tmp_path):
     grid = tmp_path / "grid.png"
-    assert invoke("sample", run_dir, "--n", "9", "--steps", "3", "--out", grid).exit_code == 0
+    assert invoke("sample", run_dir, "--n", "9", "--steps", "3", "--scale", "1", "--out", grid).exit_code == 0
     assert Image.open(grid).size == (3 * 9 + 1, 3 * 9 + 1)  # 3x3 grid of 8x8 images with 1-pixel padding
     array = tmp_path / "samples.npz"
     assert invoke("sample", run_dir, "--n", "5", "--steps", "3", "--out", array).exit_code == 0
@@ -58,6 +59,27 @@ def test_sample_writes_every_format(run_dir, tmp_path):
     folder = tmp_path / "pngs"
     assert invoke("sample", run_dir, "--n", "4", "--steps", "3", "--out", folder).exit_code == 0
     assert sorted(p.name for p in folder.iterdir()) == [f"{i:06d}.png" for i in range(4)]
+
+
+def test_sample_grid_upscales_small_images(run_dir, tmp_path):
+    native, scaled, wide = tmp_path / "native.png", tmp_path / "scaled.png", tmp_path / "wide.png"
+    assert invoke("sample", run_dir, "--n", "64", "--steps", "2", "--out", scaled).exit_code == 0
+    assert Image.open(scaled).size == (8 * 33 + 1, 8 * 33 + 1)  # 8x8 images shown 4 times larger: 32-pixel tiles
+    assert invoke("sample", run_dir, "--n", "64", "--steps", "2", "--scale", "1", "--out", native).exit_code == 0
+    assert Image.open(native).size == (73, 73)
+    assert invoke("sample", run_dir, "--n", "4", "--steps", "2", "--scale", "6", "--out", wide).exit_code == 0
+    assert Image.open(wide).size == (2 * 49 + 1, 2 * 49 + 1)
+    pixels, small = np.asarray(Image.open(scaled)), np.asarray(Image.open(native))
+    assert np.array_equal(pixels[1:33:4, 1:33:4], small[1:9, 1:9])  # nearest neighbour: the same pixels, repeated
+    assert Image.open(run_dir / "samples" / "step-000020.png").size == (265, 265)  # training grids scale too
+
+
+def test_sample_without_out_makes_the_runs_samples_folder(run_dir, tmp_path):
+    run = Path(shutil.copytree(run_dir, tmp_path / "run"))
+    shutil.rmtree(run / "samples")  # as in a run that lacks it
+    result = invoke("sample", run, "--n", "4", "--steps", "2", "--json")
+    assert result.exit_code == 0, result.output
+    assert Path(json.loads(result.stdout)["out"]).parent == run / "samples" and (run / "samples").is_dir()
 
 
 def test_json_output_is_one_object(run_dir, tmp_path):

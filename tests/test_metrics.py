@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,6 +13,7 @@ import torch
 from conftest import PROCESS_CONFIGS, PROCESS_IDS, expect_usage_error, invoke
 from sklearn.datasets import load_digits as sklearn_digits
 from sklearn.model_selection import train_test_split
+from torch import nn
 
 import genflow
 from genflow import api
@@ -19,6 +22,7 @@ from genflow.data import load_digits
 from genflow.likelihood import bits_per_dim, dequantize, log_likelihood
 from genflow.metrics import (
     DIGITS_CLASSIFIER_CARD,
+    evaluate,
     extract_features,
     frechet_distance,
     kernel_distance,
@@ -87,6 +91,37 @@ def test_frechet_distance_closed_form_and_kid_near_zero_for_one_distribution():
     assert abs(kernel_distance(a, same)) < 0.01 < kernel_distance(a, b)
 
 
+class FlattenFeatures(nn.Module):
+    """The pixels as features, so Gaussian 'images' are Gaussian features."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unused = nn.Parameter(torch.zeros(1))  # extract_features reads the device from a parameter
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(1)
+
+
+def test_training_images_resampled_score_the_floor_and_fresh_images_score_above_it():
+    """A model that reproduces its training data exactly (here: draws from it) is scored at the
+    floor on average, not below it; fresh real images, outside the reference its training data
+    contains, score about 4/3 of it (FD's sampling terms 2/n against 1/n + 1/(2n) at n = N/2),
+    and their KID (an unbiased estimate of MMD^2 = 0 between one distribution) averages 0 with
+    negative draws, while the copy's KID is below 0 (Binkowski et al. 2018, eq. 4)."""
+    generator = torch.Generator().manual_seed(0)
+    real = torch.randn(200, 1, 2, 2, generator=generator)
+    reports = []
+    for seed in range(20):
+        copy = real[torch.randint(len(real), (100,), generator=generator)]
+        reports.append(evaluate(copy, real, FlattenFeatures(), seed=seed).to_dict())
+    mean = {key: float(np.mean([r[key] for r in reports])) for key in reports[0]}
+    assert 0.8 < mean["fd"] / mean["fd_floor"] < 1.25, mean
+    assert mean["fd_fresh"] > 1.1 * mean["fd_floor"], mean
+    fresh_kids = [r["kid_fresh"] for r in reports]
+    assert abs(mean["kid_fresh"]) < 3 * np.std(fresh_kids) / len(fresh_kids) ** 0.5 and min(fresh_kids) < 0 < max(fresh_kids)
+    assert mean["kid_floor"] < 0 and mean["kid"] < 0
+
+
 def test_precision_recall_and_memorization_extremes():
     generator = torch.Generator().manual_seed(0)
     real = torch.randn(300, 8, generator=generator, dtype=torch.float64)
@@ -132,8 +167,28 @@ def test_eval_cli_prints_scores_with_floors_and_is_deterministic(trained_runs):
     assert first == {**second, "seconds": first["seconds"]}
     assert 0 < first["fd_floor"] < first["fd"] and first["nfe"] == 4
     table = invoke("eval", run, "--n", "100", "--steps", "2", "--nll", "--nll-n", "2", "--nll-steps", "2").stdout
-    assert "real-data floor" in table and "NLL (bits/dim)" in table
-    expect_usage_error(invoke("eval", run, "--n", "1000"), "at most n = 898")
+    assert "floor: training" in table and "fresh real" in table and "NLL (bits/dim)" in table
+    expect_usage_error(invoke("eval", run, "--n", "1000"), "n must be at most 898")
+
+
+def test_eval_refuses_unusable_counts_before_loading_or_sampling(tmp_path, monkeypatch):
+    """Too few samples for the k-NN balls, or more than half the real data, is one line naming
+    the bound, before the run is loaded (too few) or sampled (too many)."""
+    run = shutil.copytree(Path(__file__).parent / "fixtures" / "v0.1-rectified-flow", tmp_path / "run")
+
+    def never(*args, **kwargs):
+        raise AssertionError("loaded or sampled before the count was checked")
+
+    monkeypatch.setattr(genflow, "sample", never)
+    monkeypatch.setattr(api, "sample_run", never)
+    for n in (1, 2, 3):
+        with monkeypatch.context() as patch:
+            patch.setattr(api, "load", never)
+            expect_usage_error(invoke("eval", run, "--n", n), "--n must be >= 4", f"not {n}")
+    expect_usage_error(invoke("eval", run, "--n", 2000), "n must be at most 898", "not 2000")
+    few = tmp_path / "few.npz"
+    np.savez(few, np.zeros((3, 8, 8, 1), dtype=np.uint8))
+    expect_usage_error(invoke("eval", "--samples", few), "must be >= 4", "not 3")
 
 
 def test_nll_is_finite_and_better_for_the_better_model(trained_runs):

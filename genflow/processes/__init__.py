@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from genflow.errors import GenflowError
-from genflow.processes.base import PREDICTIONS, GaussianProcess, Schedule, from_x0_eps, to_x0_eps
+from genflow.processes.base import PREDICTIONS, GaussianProcess, Schedule, from_x0_eps, to_x0_eps, typed_option
 from genflow.processes.cnf import CNF
 from genflow.processes.ddpm import DDIM, DDPM
 from genflow.processes.rectified_flow import RectifiedFlow
@@ -30,10 +30,8 @@ def make_process(name: str, **options: object) -> GaussianProcess:
     inapplicable = cls.inapplicable_options(options)
     if inapplicable:
         raise GenflowError(f"option {inapplicable[0]!r} has no effect on process {name!r} with these options; remove it")
-    try:
-        return cls(**options)
-    except TypeError as error:  # a value of the wrong type reaching a comparison
-        raise GenflowError(f"bad option value for process {name!r}: {error}") from None
+    fields = {field.name: field for field in cls.option_fields()}
+    return cls(**{option: typed_option(fields[option], value) for option, value in options.items()})
 
 
 __all__ = [

@@ -15,16 +15,19 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import ClassVar
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING, ClassVar
 
 from genflow.errors import GenflowError
+from genflow.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 PREDICTIONS = ("eps", "x0", "v", "velocity")
 
-Model = Callable[[Tensor, Tensor], Tensor]
+Model = Callable[["Tensor", "Tensor"], "Tensor"]
 """``model(x, t) -> prediction`` with ``t`` a float tensor of shape ``(batch,)``."""
 
 
@@ -100,6 +103,23 @@ def option(default: object, help: str) -> object:
     """A process option: a dataclass field with its default and one line of help, which the
     command line turns into a flag."""
     return dataclasses.field(default=default, metadata={"help": help})
+
+
+KINDS = {int: "a whole number", float: "a number", str: "a name"}
+
+
+def typed_option(field: dataclasses.Field, value: object) -> object:
+    """``value`` as the type of the option's default (an int where a float is expected
+    becomes a float; a choice is compared as text), or a one-line error naming the option
+    and the expected type, before the value reaches any arithmetic."""
+    kind = type(field.default)
+    if kind is str and isinstance(value, (str, int, float, bool)):
+        return str(value).lower() if isinstance(value, bool) else str(value)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, kind) and not isinstance(value, bool):
+        return value
+    raise GenflowError(f"process option {field.name} must be {KINDS[kind]}, not {value!r}")
 
 
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:

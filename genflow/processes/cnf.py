@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-import numpy as np
-import torch
-from scipy.optimize import linear_sum_assignment
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.errors import GenflowError
+from genflow.lazy import lazy_import
 from genflow.processes.base import GaussianProcess, Schedule, check_choice, option
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 COUPLINGS = ("independent", "ot")
 
@@ -19,6 +21,9 @@ def optimal_transport_pairing(x0: Tensor, eps: Tensor) -> Tensor:
     """Reorder ``eps`` so that pairs ``(x0[i], eps[i])`` solve the exact OT problem with squared
     Euclidean cost inside the minibatch (Tong et al. 2023, OT-CFM). With uniform weights and
     equal sizes exact OT is an assignment problem, solved by the Hungarian method."""
+    import numpy as np
+    from scipy.optimize import linear_sum_assignment
+
     cost = torch.cdist(x0.flatten(1).double(), eps.flatten(1).double()) ** 2
     rows, cols = linear_sum_assignment(cost.cpu().numpy())
     order = torch.from_numpy(np.asarray(cols)[np.argsort(rows)]).to(eps.device)

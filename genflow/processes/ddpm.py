@@ -12,12 +12,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cached_property
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.errors import GenflowError
+from genflow.lazy import lazy_import
 from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive, option
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 BETA_SCHEDULES = ("linear", "cosine")
 

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from genflow.lazy import lazy_import
 from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive, option
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 TIME_SAMPLINGS = ("uniform", "logit-normal")
 

@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import torch
-from torch import Tensor
-
+from genflow.lazy import lazy_import
 from genflow.processes.base import GaussianProcess, Schedule, check_choice, check_positive, option
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 SDE_KINDS = ("vp", "ve", "subvp")
 VP_OPTIONS = ("beta_min", "beta_max")

@@ -92,8 +92,14 @@ def data_fingerprint(images: Tensor) -> str:
     return hashlib.sha256(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
 
 
+def followed(path: Path) -> Path:
+    """``path``, or where it points when it is a link such as ``runs/latest``, so that output
+    names the run itself."""
+    return Path(os.path.normpath(path.parent / os.readlink(path))) if path.is_symlink() else path
+
+
 def read_run(run: str | Path) -> RunFiles:
-    path = Path(run)
+    path = followed(Path(run))
     if not path.exists():
         raise GenflowError(f"run {path} does not exist; train one with 'genflow train' or pass a run directory")
     config_file = path / CONFIG
@@ -229,18 +235,20 @@ def logged_losses(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if '"loss"' in line]
 
 
-def ema_weights(run_dir: Path) -> tuple[dict[str, Tensor], Path]:
+def ema_weights(run_dir: Path) -> tuple[dict[str, Tensor], Path, int | None]:
     """The final EMA weights of the backbone, or those of the newest checkpoint that verifies
-    while the run is unfinished (interrupted or still training)."""
+    while the run is unfinished (interrupted or still training), with their file and the
+    checkpoint's step (``None`` for the final weights)."""
     final = run_dir / EMA_WEIGHTS
     if final.exists():
-        return load_weights(final), final
+        return load_weights(final), final, None
     checkpoint = newest_valid_checkpoint(run_dir, report=lambda message: None)
     if checkpoint is None:
         raise GenflowError(
             f"{run_dir} has no weights yet (no {EMA_WEIGHTS}, no checkpoint); let it train or resume it with 'genflow train --resume {run_dir}'"
         )
-    return {k.removeprefix("unet."): v for k, v in checkpoint.tensors("ema").items()}, checkpoint.path / EMA_WEIGHTS
+    weights = {k.removeprefix("unet."): v for k, v in checkpoint.tensors("ema").items()}
+    return weights, checkpoint.path / EMA_WEIGHTS, checkpoint.step
 
 
 def checkpoint_status(run_dir: Path, steps: int) -> str:

@@ -11,7 +11,7 @@ from genflow.processes import PROCESSES
 from genflow.runs.files import RECORDED_APART
 
 RESUMABLE = frozenset({"steps", "device", "precision", "data_dir", "log_every", "sample_every", "sample_steps",
-                       "eval_every", "eval_n", "checkpoint_every", "keep_checkpoints", "max_nonfinite"})  # fmt: skip
+                       "eval_every", "eval_n", "checkpoint_every", "keep_checkpoints", "max_nonfinite", "final_grid"})  # fmt: skip
 
 
 def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:

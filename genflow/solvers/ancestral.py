@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.processes.base import Schedule
-from genflow.solvers.base import BoundModel, Noise, SolverSpec, non_negative, register, steps
+from genflow.solvers.base import BoundModel, Noise, SolverSpec, register, steps, unit_interval
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def ancestral_std(ct: Schedule, cs: Schedule) -> float:
@@ -38,13 +40,13 @@ def ancestral(model: BoundModel, x: Tensor, times: Tensor, noise: Noise, eta: fl
     return ddim(model, x, times, noise, eta)
 
 
-ETA = "0 = deterministic DDIM, 1 = DDPM ancestral"
-register(SolverSpec("ddim", ddim, "DDIM step, deterministic at eta=0 (the default); 1 NFE/step", {"eta": non_negative(ETA, 0.0)}))
+ETA = "0 = deterministic DDIM, 1 = DDPM ancestral; above 1 a step's noise could exceed the variance it must reach"
+register(SolverSpec("ddim", ddim, "DDIM step, deterministic at eta=0 (the default); 1 NFE/step", {"eta": unit_interval(ETA, 0.0)}))
 register(
     SolverSpec(
         "ancestral",
         ancestral,
         "ancestral sampling, DDIM with eta=1: DDPM's sampler, Euler-ancestral for flows; 1 NFE/step",
-        {"eta": non_negative(ETA, 1.0)},
+        {"eta": unit_interval(ETA, 1.0)},
     )
 )

@@ -11,13 +11,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.errors import GenflowError, IncompatibleError
+from genflow.lazy import lazy_import
 from genflow.processes.base import GaussianProcess, Model, Schedule, diffusion_squared, to_x0_eps
 from genflow.registry import Registry, unknown
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 
 class BoundModel:
@@ -72,10 +76,10 @@ class NoiseSource:
     block depends only on the sample shape, never on the batch, so streams match across
     batch sizes."""
 
-    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32):
+    def __init__(self, seeds: Sequence[int], device: torch.device | str = "cpu", dtype: torch.dtype | None = None):
         self.generators = [torch.Generator().manual_seed(int(seed)) for seed in seeds]
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.dtype = dtype or torch.float32
         self._block: Tensor | None = None
         self._next = 0
 
@@ -98,7 +102,7 @@ class NoiseSource:
         return self(x.shape[1:])
 
 
-Noise = Callable[[Tensor], Tensor]
+Noise = Callable[["Tensor"], "Tensor"]
 """``noise(x) -> z``: standard normal noise shaped like ``x`` (``NoiseSource.like``)."""
 
 
@@ -114,6 +118,10 @@ class Option:
 
 def non_negative(help: str, default: float) -> Option:
     return Option(default, lambda v: v >= 0, ">= 0", help)
+
+
+def unit_interval(help: str, default: float) -> Option:
+    return Option(default, lambda v: 0 <= v <= 1, "in [0, 1]", help)
 
 
 def positive(help: str, default: float) -> Option:

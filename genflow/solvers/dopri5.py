@@ -8,12 +8,16 @@ the result depends on the batch up to the tolerance.
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
-from torchdiffeq import odeint
+from typing import TYPE_CHECKING
 
+from genflow.lazy import lazy_import
 from genflow.solvers.ancestral import ddim
 from genflow.solvers.base import BoundModel, Noise, SolverSpec, positive, register
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+torch = lazy_import("torch")
 
 
 def dopri5(model: BoundModel, x: Tensor, times: Tensor, noise: Noise, rtol: float = 1e-5, atol: float = 1e-5) -> Tensor:
@@ -32,6 +36,8 @@ def dopri5(model: BoundModel, x: Tensor, times: Tensor, noise: Noise, rtol: floa
 
 
 def _integrate(model: BoundModel, x: Tensor, times: Tensor, rtol: float, atol: float) -> Tensor:
+    from torchdiffeq import odeint
+
     def field(t: Tensor, y: Tensor) -> Tensor:
         return model.velocity(y, float(t))
 

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.processes.base import half_log_snr
 from genflow.solvers.base import BoundModel, Noise, SolverSpec, register, steps
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def dpmpp_2m(model: BoundModel, x: Tensor, times: Tensor, noise: Noise) -> Tensor:

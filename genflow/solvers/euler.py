@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.solvers.base import BoundModel, Noise, SolverSpec, register, steps
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def euler(model: BoundModel, x: Tensor, times: Tensor, noise: Noise) -> Tensor:

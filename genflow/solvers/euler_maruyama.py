@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.solvers.base import BoundModel, Noise, SolverSpec, register, steps
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def reverse_sde_step(model: BoundModel, x: Tensor, t: float, s: float, noise: Noise, add_noise: bool) -> Tensor:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import math
-
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from genflow.solvers.base import BoundModel, Noise, SolverSpec, at_least_one, positive, register, steps
 from genflow.solvers.euler_maruyama import reverse_sde_step
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 
 def langevin_correction(model: BoundModel, x: Tensor, t: float, snr: float, noise: Noise) -> Tensor:

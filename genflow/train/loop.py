@@ -40,6 +40,8 @@ from genflow.train.runtime import Runtime
 from genflow.train.state import TrainingState
 
 GRID_SAMPLES = 64
+LONG_RUN_SECONDS = 30 * 60
+"""A first-step estimate above this gets advice on making the run shorter or faster."""
 
 
 @dataclass
@@ -104,6 +106,7 @@ class Trainer:
         self.reporter = reporter if reporter is not None and self.runtime.is_main else SilentReporter()
         self.state = self.fresh_state()
         self.metrics: MetricsLog | None = None
+        self.grid_seconds = 0.0
 
     def fresh_state(self) -> TrainingState:
         torch.manual_seed(self.config.seed)
@@ -125,6 +128,7 @@ class Trainer:
         """Train from the state's step to ``config.steps``; returns the EMA model. Appends loss
         lines (and the evaluation's scores every ``eval_every`` steps) to metrics.jsonl, saves a
         checkpoint every ``checkpoint_every`` steps and at the end, then the final weights."""
+        self.reporter.note(self.describe())
         self.reporter.start(self.config.steps, self.state.step)
         try:
             self.run_steps()
@@ -132,10 +136,32 @@ class Trainer:
             self.reporter.finish()
         return self.state.ema
 
+    def describe(self) -> str:
+        """One line saying what this session trains, with the resolved values users tune."""
+        config, images = self.config, self.setup.data["images"]
+        return (
+            f"{self.run_dir}: {config.process} on {config.dataset} ({len(images)} images of {tuple(images.shape[1:])}), "
+            f"steps {self.state.step + 1}..{config.steps} of batch {config.batch_size} on {self.runtime.device}, "
+            f"lr {config.lr:g} after {config.warmup_steps} warm-up steps, ema {config.ema_decay:g}"
+        )
+
+    def advise_on_pace(self, seconds_per_step: float) -> None:
+        """After the first step of a session: say how long the rest will take when it is long."""
+        remaining = (self.config.steps - self.state.step) * seconds_per_step
+        if remaining < LONG_RUN_SECONDS:
+            return
+        faster = (
+            "pass --device cuda to train on the GPU"
+            if self.runtime.device.type == "cpu" and torch.cuda.is_available()
+            else "fewer --steps, a smaller --batch-size or a smaller model (-o model.block_channels=[...]) shorten it"
+        )
+        self.reporter.note(f"at {seconds_per_step:.2f} s per step the run needs about {remaining / 3600:.1f} h more; {faster}")
+
     def run_steps(self) -> None:
         config, state = self.config, self.state
         started = time.perf_counter() - state.seconds
         saved_step = state.step if state.step else None
+        first, seconds_before = state.step + 1, state.seconds
         self.metrics = MetricsLog(self.run_dir / METRICS) if self.runtime.is_main else None
         try:
             with StopSignals() as signals:
@@ -144,6 +170,8 @@ class Trainer:
                     loss = self.step()
                     self.count_nonfinite(loss is None)
                     state.seconds = time.perf_counter() - started
+                    if state.step == first:
+                        self.advise_on_pace(state.seconds - seconds_before)
                     self.log(loss)
                     self.periodic()
                     stop = self.runtime.any_true(signals.received is not None) and state.step < config.steps
@@ -193,11 +221,14 @@ class Trainer:
 
     # --- what the loop writes -----------------------------------------------------------
     def log(self, loss: Tensor | None) -> None:
+        """The loss to metrics.jsonl every ``log_every`` steps and at the end; to the reporter
+        then, and whenever it asks (the first step of a session, and as time passes)."""
         config, state = self.config, self.state
-        if loss is None or (state.step % config.log_every and state.step != config.steps):
+        logged = state.step % config.log_every == 0 or state.step == config.steps
+        if loss is None or not (logged or self.reporter.due(state.step)):
             return
         value, lr = float(loss), state.schedule.get_last_lr()[0]
-        if self.metrics is not None:
+        if logged and self.metrics is not None:
             self.metrics.write({"step": state.step, "loss": value, "lr": lr, "seconds": round(state.seconds, 3)})
         self.reporter.step(state.step, value, lr)
 
@@ -212,13 +243,21 @@ class Trainer:
             self.reporter.note(f"step {step}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
 
     def sample_grid(self, step: int) -> None:
+        """A grid of EMA samples in ``samples/``, announced (with the last grid's time) and timed."""
         if not self.runtime.is_main:
             return
-        shape = (GRID_SAMPLES, *self.setup.data["images"].shape[1:])
-        images = genflow.sample(
-            self.state.ema, self.setup.process, shape=shape, steps=self.config.sample_steps, seed=0, device=self.runtime.device
+        shape, process = (GRID_SAMPLES, *self.setup.data["images"].shape[1:]), self.setup.process
+        last = f"; the last took {self.grid_seconds:.0f} s" if self.grid_seconds else ""
+        self.reporter.note(
+            f"step {step}: sampling a grid of {GRID_SAMPLES} ({process.default_solver}, {self.config.sample_steps} steps{last})"
         )
-        save_samples(images, self.run_dir / SAMPLES / f"step-{step:06d}.png", overwrite=True)
+        stats = genflow.SamplingStats()
+        images = genflow.sample(
+            self.state.ema, process, shape=shape, steps=self.config.sample_steps, seed=0, device=self.runtime.device, stats=stats
+        )
+        path = save_samples(images, self.run_dir / SAMPLES / f"step-{step:06d}.png", overwrite=True)
+        self.grid_seconds = stats.seconds
+        self.reporter.note(f"step {step}: grid -> {path} ({stats.seconds:.1f} s)")
 
     def save_checkpoint(self) -> Path:
         """Commit a checkpoint of the state; non-finite weights are refused, and a failed write
@@ -255,8 +294,10 @@ class Trainer:
         )
 
     def finish(self) -> None:
-        """The last sample grid and the final weights (the run's ``model``/``ema.safetensors``)."""
-        self.sample_grid(self.config.steps)
+        """The last sample grid (unless ``final_grid`` is off) and the final weights (the run's
+        ``model``/``ema.safetensors``)."""
+        if self.config.final_grid:
+            self.sample_grid(self.config.steps)
         if not self.runtime.is_main:
             return
         try:

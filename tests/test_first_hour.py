@@ -1,0 +1,80 @@
+"""What a new user meets in the first hour: training progress from the first step, training
+keys on the command line, the resolved config as TOML, a bounded warm-up, the final grid."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from pathlib import Path
+
+import pytest
+from conftest import invoke, tiny_preset
+
+from genflow import api
+from genflow.config import TrainConfig, resolve_config
+from genflow.progress import SilentReporter
+from genflow.train import Trainer
+
+
+class Notes(SilentReporter):
+    def __init__(self) -> None:
+        super().__init__()
+        self.notes: list[str] = []
+
+    def note(self, message: str) -> None:
+        self.notes.append(message)
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Path:
+    return tiny_preset(tmp_path / "tiny.toml", steps=3, batch_size=16, sample_every=0, sample_steps=2, device="cpu")
+
+
+def test_plain_progress_reports_the_first_step_at_once_and_the_grid(tiny, tmp_path):
+    result = invoke("train", "--config", tiny, "--out", tmp_path / "run")
+    assert result.exit_code == 0, result.output
+    lines = result.stderr.splitlines()
+    assert "warm-up" in lines[0] and "steps 1..3 of batch 16" in lines[0]
+    assert lines[1].startswith("step 1/3  loss ")  # log_every is 50: the first step is reported anyway
+    assert any("sampling a grid of 64" in line for line in lines)
+    assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [3]
+
+
+def test_training_keys_and_model_keys_from_the_command_line(tiny, tmp_path):
+    run = tmp_path / "run"
+    result = invoke(
+        "train", "--config", tiny, "--out", run, "-o", "log_every=1", "--ema-decay", "0.9", "--warmup-steps", "0",
+        "-o", "model.dropout=0.1", "--no-final-grid",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = json.loads((run / "config.json").read_text())
+    assert (record["train"]["log_every"], record["train"]["ema_decay"], record["model"]["dropout"]) == (1, 0.9, 0.1)
+    assert len((run / "metrics.jsonl").read_text().splitlines()) == 3
+    assert not any((run / "samples").iterdir())  # --no-final-grid
+
+
+def test_print_config_round_trips_and_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    printed = invoke("train", "--process", "ddpm", "--steps", "300", "-o", "timesteps=500", "--print-config")
+    assert printed.exit_code == 0, printed.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    values = tomllib.loads(printed.stdout)
+    assert (values["process"], values["process_options"]["timesteps"], values["model"]["block_channels"]) == ("ddpm", 500, [32, 64, 64])
+    (tmp_path / "printed.toml").write_text(printed.stdout)
+    again = invoke("train", "--config", tmp_path / "printed.toml", "--print-config")
+    assert again.stdout == printed.stdout
+
+
+def test_warmup_is_capped_at_a_tenth_of_the_run():
+    assert resolve_config(None, None, {"steps": 100}).warmup_steps == 10
+    assert resolve_config(None, None, {"steps": 5000}).warmup_steps == 100
+
+
+def test_a_long_run_gets_advice_after_its_first_step(tmp_path):
+    setup = api.prepare(TrainConfig.from_dict({"steps": 20000, "model": {"block_channels": [16, 32], "attention": [False, False], "norm_groups": 8}, "device": "cpu"}))
+    notes = Notes()
+    trainer = Trainer(setup, tmp_path, notes)
+    trainer.advise_on_pace(0.01)  # 3 minutes: nothing to say
+    assert notes.notes == []
+    trainer.advise_on_pace(1.0)
+    assert "5.6 h more" in notes.notes[0] and "--steps" in notes.notes[0]

@@ -1,0 +1,72 @@
+"""The command line answers help, ``list`` and argument errors without importing torch or
+diffusers (seconds of start-up); the timing itself is in benchmarks/bench_startup.py."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+HEAVY = ("torch", "diffusers", "torchvision", "torchdiffeq", "scipy", "sklearn")
+
+PROBE = """
+import json, sys
+from typer.testing import CliRunner
+from genflow.cli import app
+codes = [CliRunner().invoke(app, args).exit_code for args in json.loads(sys.argv[1])]
+heavy = sorted({name.split('.')[0] for name in sys.modules} & set(json.loads(sys.argv[2])))
+print(json.dumps({"codes": codes, "heavy": heavy}))
+"""
+
+
+def heavy_imports_after(*commands: list[str]) -> tuple[list[int], list[str]]:
+    """Exit codes of ``commands`` run in one fresh interpreter, and the heavy modules it imported."""
+    probe = subprocess.run(
+        [sys.executable, "-c", PROBE, json.dumps(commands), json.dumps(HEAVY)], capture_output=True, text=True, timeout=120
+    )
+    assert probe.returncode == 0, probe.stderr
+    result = json.loads(probe.stdout.strip().splitlines()[-1])
+    return result["codes"], result["heavy"]
+
+
+def test_help_and_list_import_no_torch():
+    codes, heavy = heavy_imports_after(["--help"], ["list"], ["train", "--help"], ["sample", "--help"], ["eval", "--help"])
+    assert codes == [0, 0, 0, 0, 0]
+    assert heavy == []
+
+
+def test_argument_errors_import_no_torch():
+    codes, heavy = heavy_imports_after(
+        ["sample", "--steps", "x"],
+        ["train", "--process", "ddmp"],
+        ["train", "--process", "ddpm", "-o", "timesteps=abc"],
+        ["sweep"],
+    )
+    assert codes == [2, 2, 2, 2]
+    assert heavy == []
+
+
+def test_the_library_imports_torch_only_when_used():
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, genflow; genflow.make_process('ddpm'); print('torch' in sys.modules);"
+         "genflow.make_process('ddpm').coefficients(0.5); print('torch' in sys.modules)"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert probe.stdout.split() == ["False", "True"], probe.stderr
+
+
+@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+def test_ctrl_c_while_genflow_starts_is_one_line_and_130(delay, tmp_path):
+    """SIGINT at any moment of start-up (typer, torch, diffusers being imported) or of the
+    training (a checkpoint is saved): exit 130 and a last line that says so, no traceback."""
+    command = [sys.executable, "-m", "genflow", "train", "--steps", "1000", "--out", str(tmp_path / "run")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("genflow: "), stderr
