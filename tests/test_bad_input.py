@@ -144,6 +144,13 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "unreadable config": (lambda ws: ["train", "--config", existing_file(ws, "bad.toml")], ("cannot read config",)),
     "missing config": (lambda ws: ["train", "--config", ws.path("missing.toml")], ("does not exist",)),
     "backbone too narrow for attention": (lambda ws: ["train", "--config", narrow_backbone(ws)], ("need at least 32 channels",)),
+    "process option not a whole number": (lambda ws: ["train", "--process", "ddpm", "-o", "timesteps=1.5", "--steps", 5], ("process option timesteps must be a whole number, not 1.5",)),
+    "process option not a number": (lambda ws: ["train", "--process", "ddpm", "-o", "timesteps=abc"], ("timesteps must be a whole number, not 'abc'",)),
+    "config key of the wrong type": (lambda ws: ["train", "-o", "lr=fast"], ("lr must be a number, not 'fast'",)),
+    "unknown -o key": (lambda ws: ["train", "-o", "log_evry=1"], ("unknown option 'log_evry'", "did you mean 'log_every'")),
+    "print the config of a resumed run": (lambda ws: ["train", "--resume", ws.run, "--print-config"], ("shows a new run's config",)),
+    "eta beyond one": (lambda ws: ["sample", ws.run, "--solver", "ddim", "--eta", 5], ("eta must be in [0, 1], not 5.0",)),
+    "steps for an adaptive solver": (lambda ws: ["sample", ws.run, "--solver", "dopri5", "--steps", 20], ("dopri5 is adaptive", "--rtol")),
 }
 
 

@@ -4,6 +4,7 @@ runner and as a real subprocess."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -115,6 +116,7 @@ def test_subprocess_train_latest_sample_and_errors(preset, tmp_path):
     assert sampled.returncode == 0, sampled.stderr
     record = json.loads(sampled.stdout)
     assert Path(tmp_path / record["out"]).is_file() or Path(record["out"]).is_file()
+    assert "latest" not in record["run"] and (tmp_path / record["run"]).resolve() == (tmp_path / "runs" / "latest").resolve()
     failed = run_genflow("sample", "missing-run", cwd=tmp_path)
     assert failed.returncode == 2 and "Traceback" not in failed.stderr
     assert failed.stderr.strip().startswith("genflow: error:") and len(failed.stderr.strip().splitlines()) == 1
@@ -153,3 +155,36 @@ def test_ctrl_c_outside_training_exits_130_without_a_traceback(run_dir, monkeypa
     monkeypatch.setattr(api, "sample_run", interrupted)
     result = invoke("sample", run_dir, "--steps", "2")
     assert result.exit_code == 130 and result.stderr.strip() == "genflow: interrupted", result.output
+
+
+def test_sample_and_info_name_the_run_and_the_checkpoint_of_an_unfinished_run(run_dir, tmp_path):
+    unfinished = Path(shutil.copytree(run_dir, tmp_path / "unfinished"))
+    (unfinished / "ema.safetensors").unlink()
+    (unfinished / "model.safetensors").unlink()
+    (tmp_path / "link").symlink_to(unfinished)
+    sampled = invoke("sample", tmp_path / "link", "--steps", "2", "--n", "4", "--out", tmp_path / "s.png")
+    assert sampled.exit_code == 0, sampled.output
+    assert sampled.stdout.startswith(f"{unfinished} (unfinished: checkpoint of step 60 of 60): euler on rectified-flow, 2 steps")
+    assert str(unfinished) in invoke("info", tmp_path / "link").stdout
+
+
+def test_an_adaptive_solver_says_so(run_dir, tmp_path):
+    sampled = invoke("sample", run_dir, "--solver", "dopri5", "--n", "4", "--out", tmp_path / "s.png")
+    assert sampled.exit_code == 0, sampled.output
+    assert "dopri5 on rectified-flow, adaptive steps, NFE" in sampled.stdout
+
+
+def test_the_shell_sweep_example_scores_every_point_and_cleans_up(run_dir, tmp_path):
+    """examples/sweep.sh: sample and score in a shell loop; its temporary samples are removed."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {**os.environ, "SOLVERS": "euler heun", "STEPS": "2", "N": "16", "TMPDIR": str(scratch),
+           "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}  # fmt: skip
+    script = Path(__file__).parents[1] / "examples" / "sweep.sh"
+    done = subprocess.run(["bash", script, run_dir, tmp_path / "table.tsv"], env=env, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    header, *rows = [line.split("\t") for line in (tmp_path / "table.tsv").read_text().splitlines()]
+    assert header == ["solver", "steps", "nfe", "seconds", "fd", "fd_floor", "kid"]
+    assert [(row[0], row[2]) for row in rows] == [("euler", "2.0"), ("heun", "3.0")]
+    assert all(float(row[4]) > 0 for row in rows)
+    assert list(scratch.iterdir()) == []
