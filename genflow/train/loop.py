@@ -41,7 +41,9 @@ from genflow.train.state import TrainingState
 
 GRID_SAMPLES = 64
 LONG_RUN_SECONDS = 30 * 60
-"""A first-step estimate above this gets advice on making the run shorter or faster."""
+"""A run whose remaining time is estimated above this gets advice on making it shorter or faster."""
+PACE_STEPS = 5
+"""Steps after the first of a session (which pays one-time costs) that the estimate is timed over."""
 
 
 @dataclass
@@ -146,7 +148,7 @@ class Trainer:
         )
 
     def advise_on_pace(self, seconds_per_step: float) -> None:
-        """After the first step of a session: say how long the rest will take when it is long."""
+        """Early in a session: say how long the rest will take when it is long."""
         remaining = (self.config.steps - self.state.step) * seconds_per_step
         if remaining < LONG_RUN_SECONDS:
             return
@@ -161,7 +163,8 @@ class Trainer:
         config, state = self.config, self.state
         started = time.perf_counter() - state.seconds
         saved_step = state.step if state.step else None
-        first, seconds_before = state.step + 1, state.seconds
+        first = state.step + 1
+        first_done = state.seconds  # when the first step of this session ended
         self.metrics = MetricsLog(self.run_dir / METRICS) if self.runtime.is_main else None
         try:
             with StopSignals() as signals:
@@ -171,7 +174,9 @@ class Trainer:
                     self.count_nonfinite(loss is None)
                     state.seconds = time.perf_counter() - started
                     if state.step == first:
-                        self.advise_on_pace(state.seconds - seconds_before)
+                        first_done = state.seconds
+                    if state.step == first + PACE_STEPS:
+                        self.advise_on_pace((state.seconds - first_done) / PACE_STEPS)
                     self.log(loss)
                     self.periodic()
                     stop = self.runtime.any_true(signals.received is not None) and state.step < config.steps
