@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import signal
 import sys
+from types import FrameType
 from typing import Any
 
 EXIT_INTERRUPTED = 130
@@ -28,20 +29,32 @@ def load_app() -> Any:
     return app
 
 
-def exit_at_once(signum: int, frame: object) -> None:
-    """SIGINT while genflow starts: one line and exit 130 now. Raising KeyboardInterrupt in
-    the middle of an import instead leaves half-made modules behind (numpy, diffusers), whose
-    next use fails with a long unrelated traceback; nothing has been written yet."""
+def importing(frame: FrameType | None) -> bool:
+    """Whether ``frame`` or a caller runs inside Python's import machinery."""
+    while frame is not None:
+        if frame.f_code.co_filename.startswith("<frozen importlib"):
+            return True
+        frame = frame.f_back
+    return False
+
+
+def interrupt(signum: int, frame: FrameType | None) -> None:
+    """SIGINT: KeyboardInterrupt, which every command turns into one line and exit 130
+    (training first saves a checkpoint, under its own handler), except inside an import
+    (torch and diffusers take seconds to import, on first use): cut short, an import leaves
+    half-made modules behind (numpy, diffusers) whose next use fails with a long unrelated
+    traceback, so there genflow says so and exits 130 at once. An import writes no file."""
+    if not importing(frame):
+        raise KeyboardInterrupt
     sys.stderr.write("genflow: interrupted\n")
     sys.stderr.flush()
     os._exit(EXIT_INTERRUPTED)
 
 
 def main() -> None:
-    """The console script. Until a command has imported what it needs (then
-    :func:`genflow.cli.core.fails_cleanly` takes over), a Ctrl-C exits 130 at once."""
+    """The console script."""
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (nohup, &)
-        signal.signal(signal.SIGINT, exit_at_once)
+        signal.signal(signal.SIGINT, interrupt)
     load_app()()
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import functools
 import inspect
-import signal
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +33,6 @@ def fails_cleanly(command: Callable) -> Callable:
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
-            import_then_allow_interrupts()
             return command(*args, **kwargs)
         except GenflowError as error:
             print(f"genflow: error: {error}", file=sys.stderr)
@@ -47,18 +45,6 @@ def fails_cleanly(command: Callable) -> Callable:
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
-
-
-def import_then_allow_interrupts() -> None:
-    """Import the library (torch, diffusers: seconds) while a Ctrl-C still exits at once (see
-    :func:`genflow.cli.exit_at_once`), then let it raise KeyboardInterrupt, which commands
-    handle: training saves a checkpoint, files are written whole or not at all."""
-    from genflow.cli import exit_at_once
-
-    if signal.getsignal(signal.SIGINT) is exit_at_once:
-        import genflow.api  # noqa: F401
-
-        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def show_version(value: bool) -> None:

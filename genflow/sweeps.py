@@ -78,7 +78,7 @@ def plot(rows: list[dict], path: Path) -> None:
         process = next(r["process"] for r in rows if r["run"] == run)
         axes.plot(*zip(*points, strict=True), marker="o", label=f"{process} ({Path(run).name}) / {solver}")
     if rows:
-        axes.axhline(rows[0]["fd_floor"], color="grey", linestyle="--", label="real-data floor")
+        axes.axhline(rows[0]["fd_floor"], color="grey", linestyle="--", label="floor (training images resampled)")
     axes.set(xscale="log", yscale="log", xlabel="NFE", ylabel="Frechet distance (classifier features)")
     axes.legend(fontsize=7)
     figure.tight_layout()
