@@ -43,9 +43,12 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     (training first saves a checkpoint, under its own handler), except inside an import
     (torch and diffusers take seconds to import, on first use): cut short, an import leaves
     half-made modules behind (numpy, diffusers) whose next use fails with a long unrelated
-    traceback, so there genflow says so and exits 130 at once. An import writes no file."""
+    traceback, so there genflow flushes its output, says so and exits 130 at once. Imports
+    happen before a command writes anything, except PIL's lazily loaded image plugins: a
+    sample file interrupted then leaves at most a hidden ``.NAME.*.tmp``, never a partial file."""
     if not importing(frame):
         raise KeyboardInterrupt
+    sys.stdout.flush()
     sys.stderr.write("genflow: interrupted\n")
     sys.stderr.flush()
     os._exit(EXIT_INTERRUPTED)

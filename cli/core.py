@@ -133,9 +133,7 @@ DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
 
 def describe_cost(solver: str, steps: int, grid: str, nfe: float) -> str:
     """``20 steps (uniform), NFE 39``; an adaptive solver's steps are its own."""
-    if genflow.SOLVERS.get(solver).adaptive:
-        return f"adaptive steps, NFE {nfe:g}"
-    return f"{steps} steps ({grid}), NFE {nfe:g}"
+    return f"{genflow.SOLVERS.get(solver).describe_steps(steps, grid)}, NFE {nfe:g}"
 
 
 def process_flags() -> list[DerivedFlag]:

@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import Tensor
 
 import genflow
-from genflow.config import TrainConfig
+from genflow.config import TrainConfig, capped_warmup
 from genflow.data import load_dataset
 from genflow.errors import GenflowError
 from genflow.evaluation import (
@@ -86,8 +86,8 @@ def train(
     runtime: Runtime | None = None,
 ) -> Path:
     """Train a run as ``config`` says and return its directory (``runtime``: a single process
-    on ``config.device`` unless given)."""
-    setup = prepare(config, runtime)
+    on ``config.device`` unless given). The warm-up is capped at a tenth of the run."""
+    setup = prepare(capped_warmup(config, (reporter or SilentReporter()).note), runtime)
     runtime = setup.runtime
     run_dir = files.new_run_dir(out, config.process, overwrite)
     with run_lock(run_dir, runtime):
@@ -186,7 +186,7 @@ def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
     except (GenflowError, KeyError, TypeError) as error:
         raise GenflowError(f"{run_files.path / CONFIG} does not describe a genflow model: {error}") from None
     model = Preconditioner(unet_config, process.schedule)
-    weights, source, step = files.ema_weights(run_files.path)
+    weights, source, step = files.ema_weights(run_files.path, record["train"]["steps"])
     load_matching(model.unet, weights, source)
     return LoadedRun(run_files.path, process, model.to(pick_device(device)).eval(), record, step)
 
@@ -227,10 +227,12 @@ def sample_run(
 def check_fixed_steps(solver: str, steps: int | None) -> None:
     """Refuse a step count for an adaptive solver: it picks its own steps (a count would only
     add points it must pass through, costing more, not less)."""
-    if steps is not None and genflow.SOLVERS.get(solver).adaptive:
+    spec = genflow.SOLVERS.get(solver)
+    if steps is not None and spec.fixed_steps(steps) is None:
+        accuracy = ", ".join(f"--{name} (default {option.default:g})" for name, option in spec.options.items())
         raise GenflowError(
-            f"{solver} is adaptive: it picks its own steps, so --steps does not apply; set its accuracy with --rtol and "
-            f"--atol (default 1e-5), or choose a fixed-step solver (--solver heun --steps {steps})"
+            f"{solver} is adaptive: it picks its own steps, so --steps does not apply; set its accuracy with {accuracy}, "
+            f"or choose a fixed-step solver (--solver heun --steps {steps})"
         )
 
 

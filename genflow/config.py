@@ -13,6 +13,7 @@ import dataclasses
 import json
 import math
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.abc import Traversable
@@ -21,6 +22,7 @@ from typing import Any, get_type_hints
 
 from genflow.errors import GenflowError
 from genflow.registry import did_you_mean
+from genflow.values import typed_value
 
 PRESETS: Traversable = resources.files("genflow.configs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -94,22 +96,6 @@ class TrainConfig:
             if key not in hints:
                 raise GenflowError(f"unknown key {key!r} in {source}; {did_you_mean(key, list(hints))}")
         return cls(**{key: typed_value(key, value, hints[key]) for key, value in values.items()})
-
-
-TYPE_NAMES = {int: "a whole number", float: "a number", str: "text", bool: "true or false", dict: "a table"}
-
-
-def typed_value(key: str, value: Any, hint: Any) -> Any:
-    """``value`` checked against the field's type ``hint`` (``int``, ``float``, ``str``,
-    ``bool``, ``dict`` or ``str | None``); an int is accepted (and converted) where a float is."""
-    if hint == str | None:
-        hint = str if value is not None else type(None)
-    kind = getattr(hint, "__origin__", hint)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
-        return value
-    raise GenflowError(f"{key} must be {TYPE_NAMES.get(kind, kind.__name__)}, not {value!r}")
 
 
 SET_ELSEWHERE = ("process", "process_options", "model")
@@ -214,14 +200,20 @@ def resolve_config(config_file: str | None, process: str | None, overrides: dict
     values = merge_values(read_preset(config_file or process or "rectified-flow"), overrides | {"process": process})
     config = TrainConfig.from_dict(values, source=config_file or "preset").validate()
     make_process(config.process, **config.process_options)  # its options checked now, before torch is imported
-    return capped_warmup(config)
+    return config
 
 
 WARMUP_SHARE = 10
 """A new run's warm-up takes at most ``1 / WARMUP_SHARE`` of its steps."""
 
 
-def capped_warmup(config: TrainConfig) -> TrainConfig:
-    """``config`` with its warm-up capped at a tenth of the run, so that the cosine decay that
-    follows it has room (a warm-up as long as the run would never lower the learning rate)."""
-    return dataclasses.replace(config, warmup_steps=min(config.warmup_steps, config.steps // WARMUP_SHARE))
+def capped_warmup(config: TrainConfig, note: Callable[[str], None] | None = None) -> TrainConfig:
+    """A new run's ``config`` with its warm-up capped at a tenth of the run, so that the cosine
+    decay that follows has room (a warm-up as long as the run never lowers the learning rate);
+    ``note`` hears of a cap. Resumed runs keep the warm-up they were created with."""
+    cap = config.steps // WARMUP_SHARE
+    if config.warmup_steps <= cap:
+        return config
+    if note is not None:
+        note(f"warm-up capped at {cap} steps, a tenth of the run (asked for {config.warmup_steps})")
+    return dataclasses.replace(config, warmup_steps=cap)

@@ -121,7 +121,7 @@ def read_image(file: Path) -> np.ndarray:
     try:
         with Image.open(file) as image:
             return image_pixels(image)
-    except OSError as error:
+    except (OSError, ValueError) as error:  # ValueError: a mode PIL cannot convert
         raise GenflowError(f"cannot read image {file}: {error}") from None
 
 
@@ -130,17 +130,16 @@ SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")  # 16-bit PNGs open
 
 
 def image_pixels(image: Image) -> np.ndarray:
-    """A PIL image's pixels by content: grey modes and grey palettes one channel, else RGB;
+    """A PIL image's pixels by content: one channel when every pixel is grey, whatever the mode, else RGB;
     alpha dropped, 16-bit values scaled to 0..255."""
     if image.mode in SIXTEEN_BIT_MODES:
         wide = np.clip(np.asarray(image).astype(np.float64), 0, 65535)
         return np.round(wide * (255 / 65535)).astype(np.uint8)[..., None]
     if image.mode in GREY_MODES:
         return np.asarray(image.convert("L"))[..., None]
-    if image.mode in ("P", "PA"):
-        rgb = np.asarray(image.convert("RGBA"))[..., :3]  # via RGBA: keeps palettes with transparency exact
-        return rgb[..., :1] if is_grey(rgb) else rgb
-    return np.asarray(image.convert("RGB"))
+    # palettes via RGBA keep transparent entries exact; colour modes holding only grey pixels are grey
+    rgb = np.asarray(image.convert("RGBA" if image.mode in ("P", "PA") else "RGB"))[..., :3]
+    return rgb[..., :1] if is_grey(rgb) else rgb
 
 
 def is_grey(rgb: np.ndarray) -> bool:

@@ -89,7 +89,8 @@ def training_evaluator(
 
     def scores(ema: nn.Module) -> dict:
         shape = (config.eval_n, *images.shape[1:])
-        samples = genflow.sample(ema, process, shape=shape, steps=config.sample_steps, seed=0, device=device)
+        steps = genflow.SOLVERS.get(process.default_solver).fixed_steps(config.sample_steps)
+        samples = genflow.sample(ema, process, shape=shape, steps=steps, seed=0, device=device)
         report = score(samples, images, config.dataset)
         return {"fd": report["fd"], "fd_floor": report["fd_floor"], "kid": report["kid"]}
 

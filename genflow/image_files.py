@@ -55,10 +55,13 @@ def grid_scale(scale: int | None, height: int) -> int:
     return scale if scale is not None else max(1, math.ceil(MIN_TILE_PIXELS / height))
 
 
+MAX_SCALE = 64
+
+
 def check_scale(scale: int | None) -> None:
     """Refuse a grid scale below 1 (``None`` is the automatic scale)."""
-    if scale is not None and scale < 1:
-        raise GenflowError(f"scale must be a whole number >= 1 (1 keeps the native size), not {scale}")
+    if scale is not None and not 1 <= scale <= MAX_SCALE:
+        raise GenflowError(f"scale must be a whole number from 1 (the native size) to {MAX_SCALE}, not {scale}")
 
 
 def save_samples(images: Tensor, out: Path, overwrite: bool = False, scale: int | None = None) -> Path:

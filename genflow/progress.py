@@ -79,15 +79,18 @@ class RichReporter:
         )
 
     def start(self, total: int, done: int = 0) -> None:
-        self.done, self.started = done, time.perf_counter()
+        self.done = done
+        self.started = self.last_update = time.perf_counter()
         self.progress.start()
         self.task = self.progress.add_task("train", total=total, completed=done, loss=float("nan"), rate="-")
 
     def due(self, step: int) -> bool:
-        return True  # the bar redraws at its own pace; each update is cheap
+        """The first step, then twice a second: reading the loss makes the host wait for the device."""
+        return step == self.done + 1 or time.perf_counter() - self.last_update >= 0.5
 
     def step(self, step: int, loss: float, lr: float) -> None:
-        rate = (step - self.done) / max(time.perf_counter() - self.started, 1e-9)
+        self.last_update = time.perf_counter()
+        rate = (step - self.done) / max(self.last_update - self.started, 1e-9)
         self.progress.update(self.task, completed=step, loss=loss, rate=f"{rate:.1f}")
 
     def note(self, message: str) -> None:

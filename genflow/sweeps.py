@@ -37,7 +37,8 @@ def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str |
     rows = []
     for loaded in loaded_runs:
         for solver in solvers:
-            for count in [None] if genflow.SOLVERS.get(solver).adaptive else steps:  # adaptive: it picks its own steps
+            spec = genflow.SOLVERS.get(solver)
+            for count in dict.fromkeys(spec.fixed_steps(k) for k in steps):  # an adaptive solver once, at its own steps
                 try:
                     result = api.evaluate_run(loaded, n, solver, count, grid, seed)
                 except IncompatibleError as error:

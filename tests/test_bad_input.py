@@ -139,7 +139,7 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "sample PNG folder with a missing parent": (lambda ws: ["sample", ws.run, "--out", ws.path("no-dir") / "pngs"], ("no-dir does not exist",)),
     "sample output in an unwritable place": (lambda ws: ["sample", ws.run, "--out", existing_file(ws, "c-file") / "sub" / "x.npz"],
                                              ("cannot write", "c-file is a file")),
-    "sample scale zero": (lambda ws: ["sample", ws.run, "--scale", 0], ("scale must be a whole number >= 1",)),
+    "sample scale zero": (lambda ws: ["sample", ws.run, "--scale", 0], ("scale must be a whole number from 1",)),
     "unwritable run directory": (lambda ws: ["train", "--config", ws.preset, "--out", existing_file(ws, "b-file") / "run"], ("cannot create run directory",)),
     "unreadable config": (lambda ws: ["train", "--config", existing_file(ws, "bad.toml")], ("cannot read config",)),
     "missing config": (lambda ws: ["train", "--config", ws.path("missing.toml")], ("does not exist",)),

@@ -142,7 +142,7 @@ def image_folder(path: Path, mode: str) -> Path:
 
     path.mkdir()
     for i in range(40):
-        Image.new(mode, (8, 8), color=(i * 6,) * len(mode)).save(path / f"{i}.png")
+        Image.new(mode, (8, 8), color=(i * 6, 255 - i * 6, 0)[: len(mode)]).save(path / f"{i}.png")  # RGB: in colour
     return path
 
 

@@ -188,3 +188,15 @@ def test_the_shell_sweep_example_scores_every_point_and_cleans_up(run_dir, tmp_p
     assert [(row[0], row[2]) for row in rows] == [("euler", "2.0"), ("heun", "3.0")]
     assert all(float(row[4]) > 0 for row in rows)
     assert list(scratch.iterdir()) == []
+
+
+def test_a_run_resumed_past_its_end_samples_its_newest_checkpoint(run_dir, tmp_path):
+    """Final weights from an earlier end are not the run's newest: a larger budget whose
+    resume was stopped samples the checkpoint, and says so."""
+    resumed = Path(shutil.copytree(run_dir, tmp_path / "resumed"))
+    record = json.loads((resumed / "config.json").read_text())
+    record["train"]["steps"] = 120  # what 'genflow train --resume RUN --steps 120' records before training on
+    (resumed / "config.json").write_text(json.dumps(record))
+    sampled = invoke("sample", resumed, "--steps", "2", "--n", "4", "--out", tmp_path / "s.png")
+    assert sampled.exit_code == 0, sampled.output
+    assert sampled.stdout.startswith(f"{resumed} (unfinished: checkpoint of step 60 of 120)")

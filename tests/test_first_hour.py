@@ -8,12 +8,14 @@ import tomllib
 from pathlib import Path
 
 import pytest
-from conftest import invoke, tiny_preset
+from conftest import TINY_MODEL, invoke, tiny_preset
 
 from genflow import api
-from genflow.config import TrainConfig, resolve_config
+from genflow.config import TrainConfig
 from genflow.progress import SilentReporter
 from genflow.train import Trainer
+
+TINY_TRAIN = {"model": TINY_MODEL, "device": "cpu", "batch_size": 16, "sample_every": 0, "sample_steps": 2, "final_grid": False}
 
 
 class Notes(SilentReporter):
@@ -34,8 +36,9 @@ def test_plain_progress_reports_the_first_step_at_once_and_the_grid(tiny, tmp_pa
     result = invoke("train", "--config", tiny, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
     lines = result.stderr.splitlines()
-    assert "warm-up" in lines[0] and "steps 1..3 of batch 16" in lines[0]
-    assert lines[1].startswith("step 1/3  loss ")  # log_every is 50: the first step is reported anyway
+    assert lines[0] == "warm-up capped at 0 steps, a tenth of the run (asked for 100)"
+    assert "after 0 warm-up steps" in lines[1] and "steps 1..3 of batch 16" in lines[1]
+    assert lines[2].startswith("step 1/3  loss ")  # log_every is 50: the first step is reported anyway
     assert any("sampling a grid of 64" in line for line in lines)
     assert [json.loads(line)["step"] for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()] == [3]
 
@@ -65,16 +68,31 @@ def test_print_config_round_trips_and_writes_nothing(tmp_path, monkeypatch):
     assert again.stdout == printed.stdout
 
 
-def test_warmup_is_capped_at_a_tenth_of_the_run():
-    assert resolve_config(None, None, {"steps": 100}).warmup_steps == 10
-    assert resolve_config(None, None, {"steps": 5000}).warmup_steps == 100
+def test_warmup_is_capped_at_a_tenth_of_the_run(tmp_path):
+    printed = invoke("train", "--steps", "100", "--print-config")
+    assert "\nwarmup_steps = 10\n" in printed.stdout
+    assert "\nwarmup_steps = 100\n" in invoke("train", "--steps", "5000", "--print-config").stdout
+    notes = Notes()
+    run = api.train(TrainConfig.from_dict({**TINY_TRAIN, "steps": 3, "warmup_steps": 50}), tmp_path / "run", reporter=notes)
+    assert notes.notes[0] == "warm-up capped at 0 steps, a tenth of the run (asked for 50)"
+    assert json.loads((run / "config.json").read_text())["train"]["warmup_steps"] == 0
 
 
-def test_a_long_run_gets_advice_after_its_first_step(tmp_path):
-    setup = api.prepare(TrainConfig.from_dict({"steps": 20000, "model": {"block_channels": [16, 32], "attention": [False, False], "norm_groups": 8}, "device": "cpu"}))
+def test_a_long_run_gets_advice_after_its_first_steps(tmp_path, monkeypatch):
+    setup = api.prepare(TrainConfig.from_dict({**TINY_TRAIN, "steps": 20000}))
     notes = Notes()
     trainer = Trainer(setup, tmp_path, notes)
     trainer.advise_on_pace(0.01)  # 3 minutes: nothing to say
     assert notes.notes == []
     trainer.advise_on_pace(1.0)
     assert "5.6 h more" in notes.notes[0] and "--steps" in notes.notes[0]
+
+
+def test_the_loop_times_its_pace_after_the_first_step(tmp_path, monkeypatch):
+    """The advice comes after step 6 of a session, timed over steps 2 to 6."""
+    from genflow.train import loop
+
+    paces = []
+    monkeypatch.setattr(loop.Trainer, "advise_on_pace", lambda self, pace: paces.append((self.state.step, pace)))
+    api.train(TrainConfig.from_dict({**TINY_TRAIN, "steps": 8}), tmp_path / "run")
+    assert len(paces) == 1 and paces[0][0] == 1 + loop.PACE_STEPS and paces[0][1] > 0

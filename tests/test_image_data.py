@@ -87,7 +87,7 @@ def test_only_grids_are_upscaled_and_a_scale_below_one_is_refused(tmp_path):
     assert Image.open(tmp_path / "pngs" / "000000.png").size == (8, 8)
     save_samples(images, tmp_path / "grid.png")
     assert Image.open(tmp_path / "grid.png").size == (2 * 33 + 1, 2 * 33 + 1)
-    with pytest.raises(GenflowError, match="scale must be a whole number >= 1"):
+    with pytest.raises(GenflowError, match="scale must be a whole number from 1"):
         save_samples(images, tmp_path / "zero.png", scale=0)
     assert not (tmp_path / "zero.png").exists()
 
@@ -99,3 +99,9 @@ def test_only_the_folder_asked_for_is_created(tmp_path):
     assert not (tmp_path / "missing").exists()
     save_samples(images, tmp_path / "pngs")
     assert len(list((tmp_path / "pngs").iterdir())) == 2
+
+
+def test_colour_files_holding_only_grey_pixels_load_as_one_channel(tmp_path):
+    folder = folder_of(tmp_path, [Image.new("RGB", (8, 8), (90, 90, 90)), Image.new("RGBA", (8, 8), (7, 7, 7, 255))])
+    pixels = as_uint8(load_dataset(str(folder)))
+    assert pixels.shape == (2, 8, 8, 1) and [pixels[0, 0, 0, 0], pixels[1, 0, 0, 0]] == [90, 7]

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from typing import get_type_hints
+
 from genflow.errors import GenflowError
-from genflow.processes.base import PREDICTIONS, GaussianProcess, Schedule, from_x0_eps, to_x0_eps, typed_option
+from genflow.processes.base import PREDICTIONS, GaussianProcess, Schedule, from_x0_eps, to_x0_eps
 from genflow.processes.cnf import CNF
 from genflow.processes.ddpm import DDIM, DDPM
 from genflow.processes.rectified_flow import RectifiedFlow
 from genflow.processes.sde import ScoreSDE
 from genflow.registry import Registry, unknown
+from genflow.values import typed_value
 
 PROCESSES: Registry[type[GaussianProcess]] = Registry("process")
 for _cls in (DDPM, DDIM, ScoreSDE, RectifiedFlow, CNF):
@@ -30,8 +33,8 @@ def make_process(name: str, **options: object) -> GaussianProcess:
     inapplicable = cls.inapplicable_options(options)
     if inapplicable:
         raise GenflowError(f"option {inapplicable[0]!r} has no effect on process {name!r} with these options; remove it")
-    fields = {field.name: field for field in cls.option_fields()}
-    return cls(**{option: typed_option(fields[option], value) for option, value in options.items()})
+    types = get_type_hints(cls)
+    return cls(**{option: typed_value(f"process option {option}", value, types[option]) for option, value in options.items()})
 
 
 __all__ = [

@@ -105,23 +105,6 @@ def option(default: object, help: str) -> object:
     return dataclasses.field(default=default, metadata={"help": help})
 
 
-KINDS = {int: "a whole number", float: "a number", str: "a name"}
-
-
-def typed_option(field: dataclasses.Field, value: object) -> object:
-    """``value`` as the type of the option's default (an int where a float is expected
-    becomes a float; a choice is compared as text), or a one-line error naming the option
-    and the expected type, before the value reaches any arithmetic."""
-    kind = type(field.default)
-    if kind is str and isinstance(value, (str, int, float, bool)):
-        return str(value).lower() if isinstance(value, bool) else str(value)
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, kind) and not isinstance(value, bool):
-        return value
-    raise GenflowError(f"process option {field.name} must be {KINDS[kind]}, not {value!r}")
-
-
 def check_choice(option: str, value: str, choices: tuple[str, ...]) -> None:
     """Refuse an option value outside ``choices`` with a one-line message."""
     if value not in choices:

@@ -93,9 +93,14 @@ def data_fingerprint(images: Tensor) -> str:
 
 
 def followed(path: Path) -> Path:
-    """``path``, or where it points when it is a link such as ``runs/latest``, so that output
-    names the run itself."""
-    return Path(os.path.normpath(path.parent / os.readlink(path))) if path.is_symlink() else path
+    """``path``, or where it points when it is a link such as ``runs/latest`` (through every
+    link), so that output names the run itself; relative where the links are."""
+    for _ in range(40):  # the kernel's own limit on a chain of links
+        if not path.is_symlink():
+            return path
+        target = Path(os.readlink(path))
+        path = target if target.is_absolute() else Path(os.path.relpath(path.parent.resolve() / target))
+    return path
 
 
 def read_run(run: str | Path) -> RunFiles:
@@ -235,14 +240,15 @@ def logged_losses(run_dir: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if '"loss"' in line]
 
 
-def ema_weights(run_dir: Path) -> tuple[dict[str, Tensor], Path, int | None]:
+def ema_weights(run_dir: Path, steps: int) -> tuple[dict[str, Tensor], Path, int | None]:
     """The final EMA weights of the backbone, or those of the newest checkpoint that verifies
-    while the run is unfinished (interrupted or still training), with their file and the
-    checkpoint's step (``None`` for the final weights)."""
+    while the run is unfinished (interrupted, still training, or resumed with a larger
+    ``steps`` budget, when the final weights are those of an earlier end), with their file
+    and the checkpoint's step (``None`` for the final weights)."""
     final = run_dir / EMA_WEIGHTS
-    if final.exists():
-        return load_weights(final), final, None
     checkpoint = newest_valid_checkpoint(run_dir, report=lambda message: None)
+    if final.exists() and (checkpoint is None or checkpoint.step >= steps):
+        return load_weights(final), final, None
     if checkpoint is None:
         raise GenflowError(
             f"{run_dir} has no weights yet (no {EMA_WEIGHTS}, no checkpoint); let it train or resume it with 'genflow train --resume {run_dir}'"

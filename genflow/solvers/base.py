@@ -159,6 +159,15 @@ class SolverSpec:
             resolved[name] = type(option.default)(number)
         return resolved
 
+    def fixed_steps(self, steps: int | None) -> int | None:
+        """``steps`` for a fixed-step solver; ``None`` for an adaptive one, which picks its own
+        (a count would only add times it must pass through: more evaluations, not fewer)."""
+        return None if self.adaptive else steps
+
+    def describe_steps(self, steps: int, grid: str) -> str:
+        """``20 steps (uniform)``, or ``adaptive steps``."""
+        return "adaptive steps" if self.adaptive else f"{steps} steps ({grid})"
+
     def injects_noise(self, options: Mapping[str, float]) -> bool:
         """Whether, with these options, sampling adds fresh noise (eta > 0 for the DDIM family)."""
         return self.stochastic or options.get("eta", 0.0) > 0

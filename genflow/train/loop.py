@@ -252,14 +252,13 @@ class Trainer:
         if not self.runtime.is_main:
             return
         shape, process = (GRID_SAMPLES, *self.setup.data["images"].shape[1:]), self.setup.process
+        solver = genflow.SOLVERS.get(process.default_solver)
         last = f"; the last took {self.grid_seconds:.0f} s" if self.grid_seconds else ""
-        self.reporter.note(
-            f"step {step}: sampling a grid of {GRID_SAMPLES} ({process.default_solver}, {self.config.sample_steps} steps{last})"
-        )
+        how = solver.describe_steps(self.config.sample_steps, process.default_grid)
+        self.reporter.note(f"step {step}: sampling a grid of {GRID_SAMPLES} ({solver.name}, {how}{last})")
         stats = genflow.SamplingStats()
-        images = genflow.sample(
-            self.state.ema, process, shape=shape, steps=self.config.sample_steps, seed=0, device=self.runtime.device, stats=stats
-        )
+        steps = solver.fixed_steps(self.config.sample_steps)
+        images = genflow.sample(self.state.ema, process, shape=shape, steps=steps, seed=0, device=self.runtime.device, stats=stats)
         path = save_samples(images, self.run_dir / SAMPLES / f"step-{step:06d}.png", overwrite=True)
         self.grid_seconds = stats.seconds
         self.reporter.note(f"step {step}: grid -> {path} ({stats.seconds:.1f} s)")
