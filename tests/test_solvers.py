@@ -204,8 +204,10 @@ def test_solver_options_are_checked_before_sampling():
         sample(solver="ddim", etta=0.5)
     with pytest.raises(GenflowError, match="'heun' takes no options, but 'eta' was given"):
         sample(solver="heun", eta=0.5)
-    with pytest.raises(GenflowError, match="eta must be >= 0"):
+    with pytest.raises(GenflowError, match=r"eta must be in \[0, 1\], not -1"):
         sample(solver="ancestral", eta=-1)
+    with pytest.raises(GenflowError, match=r"eta must be in \[0, 1\], not 1.5"):
+        sample(solver="ddim", eta=1.5)
     with pytest.raises(GenflowError, match="corrector_steps must be a whole number"):
         sample(solver="pc", corrector_steps=1.5)
     with pytest.raises(UnknownNameError, match="did you mean 'heun'"):
