@@ -45,7 +45,7 @@ def __getattr__(name: str) -> object:
 
 
 def __dir__() -> list[str]:
-    return sorted(__all__)
+    return sorted(set(globals()) | set(_LAZY))
 
 __all__ = [
     "GRIDS",
