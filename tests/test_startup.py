@@ -59,7 +59,7 @@ def test_the_library_imports_torch_only_when_used():
     assert probe.stdout.split() == ["False", "True"], probe.stderr
 
 
-@pytest.mark.parametrize("delay", [0.5, 1.5, 3.0])
+@pytest.mark.parametrize("delay", [1.0, 2.0, 3.5])
 def test_ctrl_c_while_genflow_starts_is_one_line_and_130(delay, tmp_path):
     """SIGINT at any moment of start-up (typer, torch, diffusers being imported) or of the
     training (a checkpoint is saved): exit 130 and a last line that says so, no traceback."""
