@@ -87,7 +87,7 @@ def train(
 ) -> Path:
     """Train a run as ``config`` says and return its directory (``runtime``: a single process
     on ``config.device`` unless given). The warm-up is capped at a tenth of the run."""
-    setup = prepare(capped_warmup(config, (reporter or SilentReporter()).note), runtime)
+    setup = prepare(capped_warmup(config), runtime)
     runtime = setup.runtime
     run_dir = files.new_run_dir(out, config.process, overwrite)
     with run_lock(run_dir, runtime):
@@ -100,6 +100,8 @@ def train(
             if files.is_default_location(out, run_dir):
                 files.point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
         runtime.barrier()
+        if setup.config.warmup_steps < config.warmup_steps and reporter is not None and runtime.is_main:
+            reporter.note(f"warm-up capped at {setup.config.warmup_steps} steps, a tenth of the run (asked for {config.warmup_steps})")
         Trainer(setup, run_dir, reporter).run()
     return run_dir
 

@@ -13,7 +13,6 @@ import dataclasses
 import json
 import math
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from importlib.abc import Traversable
@@ -207,13 +206,8 @@ WARMUP_SHARE = 10
 """A new run's warm-up takes at most ``1 / WARMUP_SHARE`` of its steps."""
 
 
-def capped_warmup(config: TrainConfig, note: Callable[[str], None] | None = None) -> TrainConfig:
+def capped_warmup(config: TrainConfig) -> TrainConfig:
     """A new run's ``config`` with its warm-up capped at a tenth of the run, so that the cosine
-    decay that follows has room (a warm-up as long as the run never lowers the learning rate);
-    ``note`` hears of a cap. Resumed runs keep the warm-up they were created with."""
-    cap = config.steps // WARMUP_SHARE
-    if config.warmup_steps <= cap:
-        return config
-    if note is not None:
-        note(f"warm-up capped at {cap} steps, a tenth of the run (asked for {config.warmup_steps})")
-    return dataclasses.replace(config, warmup_steps=cap)
+    decay that follows has room (a warm-up as long as the run never lowers the learning rate).
+    Resumed runs keep the warm-up they were created with."""
+    return dataclasses.replace(config, warmup_steps=min(config.warmup_steps, config.steps // WARMUP_SHARE))
