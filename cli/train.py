@@ -9,7 +9,7 @@ import typer
 
 import genflow
 from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, with_flags
-from genflow.config import capped_warmup, resolve_config, route_assignments, to_toml, training_keys
+from genflow.config import resolve_config, route_assignments, to_toml, training_keys
 from genflow.data import DATASETS
 from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
@@ -86,7 +86,7 @@ def train(
         return
     resolved = resolve_config(config, process, overrides)
     if print_config:
-        print(to_toml(api.prepare(capped_warmup(resolved)).config), end="")
+        print(to_toml(api.prepare(resolved).config), end="")
         return
     run_dir = api.train(resolved, out, overwrite, reporter_for())
     print(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")

@@ -11,7 +11,7 @@ from pathlib import Path
 from torch import Tensor
 
 import genflow
-from genflow.config import TrainConfig, capped_warmup
+from genflow.config import TrainConfig
 from genflow.data import load_dataset
 from genflow.errors import GenflowError
 from genflow.evaluation import (
@@ -86,8 +86,9 @@ def train(
     runtime: Runtime | None = None,
 ) -> Path:
     """Train a run as ``config`` says and return its directory (``runtime``: a single process
-    on ``config.device`` unless given). The warm-up is capped at a tenth of the run."""
-    setup = prepare(capped_warmup(config), runtime)
+    on ``config.device`` unless given). The config is trained as given (a v0.1 run's config
+    trains the same run today); the command line caps the warm-up (:func:`genflow.config.resolve_config`)."""
+    setup = prepare(config, runtime)
     runtime = setup.runtime
     run_dir = files.new_run_dir(out, config.process, overwrite)
     with run_lock(run_dir, runtime):
@@ -100,8 +101,6 @@ def train(
             if files.is_default_location(out, run_dir):
                 files.point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
         runtime.barrier()
-        if setup.config.warmup_steps < config.warmup_steps and reporter is not None and runtime.is_main:
-            reporter.note(f"warm-up capped at {setup.config.warmup_steps} steps, a tenth of the run (asked for {config.warmup_steps})")
         Trainer(setup, run_dir, reporter).run()
     return run_dir
 

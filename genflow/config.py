@@ -191,7 +191,8 @@ def toml_value(value: Any) -> str:
 
 def resolve_config(config_file: str | None, process: str | None, overrides: dict[str, Any]) -> TrainConfig:
     """Preset (``config_file``, else the preset of ``process``, else rectified-flow's), then
-    ``overrides`` (flags given on the command line; ``None`` values mean not given)."""
+    ``overrides`` (flags given on the command line; ``None`` values mean not given); the
+    process options checked and the warm-up capped at a tenth of the run."""
     from genflow.processes import PROCESSES, make_process
 
     if process is not None and config_file is None:
@@ -199,7 +200,7 @@ def resolve_config(config_file: str | None, process: str | None, overrides: dict
     values = merge_values(read_preset(config_file or process or "rectified-flow"), overrides | {"process": process})
     config = TrainConfig.from_dict(values, source=config_file or "preset").validate()
     make_process(config.process, **config.process_options)  # its options checked now, before torch is imported
-    return config
+    return capped_warmup(config)
 
 
 WARMUP_SHARE = 10
