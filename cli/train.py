@@ -30,6 +30,13 @@ def train(
     config: Annotated[str | None, typer.Option("--config", help="Preset name or TOML file; flags override it.")] = None,
     dataset: Annotated[str | None, typer.Option(help=f"{', '.join(DATASETS)} (digits is embedded), or an image folder.")] = None,
     data_dir: Annotated[str | None, typer.Option(help="Where torchvision's dataset files are (never downloaded).")] = None,
+    conditional: Annotated[
+        bool | None,
+        typer.Option("--conditional/--unconditional", help="Train on the data's class labels (for --class and --guidance)."),
+    ] = None,
+    label_dropout: Annotated[
+        float | None, typer.Option(help="Share of labels replaced by the null label in training (default 0.1).")
+    ] = None,
     steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
@@ -69,7 +76,7 @@ def train(
     Every process option is a flag (below) or -o key=value."""
     assigned = route_assignments(parse_assignments(option or []))
     flags = {
-        "dataset": dataset, "data_dir": data_dir, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "dataset": dataset, "data_dir": data_dir, "conditional": conditional, "label_dropout": label_dropout, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "device": device, "precision": precision, "sample_every": sample_every, "eval_every": eval_every,
         "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "log_every": log_every,
         "warmup_steps": warmup_steps, "ema_decay": ema_decay, "final_grid": final_grid,

@@ -4,6 +4,7 @@ it, load it, sample it, score it. Run files live in :mod:`genflow.runs`, the loo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,7 @@ from torch import Tensor
 
 import genflow
 from genflow.config import TrainConfig
-from genflow.data import load_dataset
+from genflow.data import load_labelled_dataset
 from genflow.errors import GenflowError
 from genflow.evaluation import (
     evaluate_samples_file,
@@ -31,6 +32,7 @@ from genflow.runs import resume as resume_rules
 from genflow.runs.checkpoint import Checkpoint, newest_valid_checkpoint
 from genflow.runs.files import CONFIG, EMA_WEIGHTS, SAMPLES, checkpoint_status, read_run
 from genflow.sampling import SamplingStats
+from genflow.solvers.guidance import FULL_INTERVAL, check_guidance
 from genflow.storage import load_matching, write_json
 from genflow.train import DenoisingObjective, SingleProcess, Trainer, TrainingSetup
 from genflow.train.runtime import Runtime, pick_device
@@ -55,14 +57,28 @@ __all__ = [
 ]
 
 
-def backbone_config(config: TrainConfig, images: Tensor) -> UNetConfig:
-    """The preset for the data's shape with the run's ``model`` overrides."""
+def backbone_config(config: TrainConfig, images: Tensor, num_classes: int = 0) -> UNetConfig:
+    """The preset for the data's shape with the run's ``model`` overrides; ``num_classes``
+    (from the data, 0 for an unconditional run) sizes the class embedding."""
     _, channels, height, width = images.shape
     if height != width:
         raise GenflowError(f"images must be square, not {height}x{width}")
-    return UNetConfig.from_dict(
-        {**preset_for(channels, height).to_dict(), **config.model, "channels": channels, "resolution": height}
-    )
+    shape = {"channels": channels, "resolution": height, "num_classes": num_classes}
+    return UNetConfig.from_dict({**preset_for(channels, height).to_dict(), **config.model, **shape})
+
+
+def training_data(config: TrainConfig) -> tuple[dict[str, Tensor], tuple[str, ...] | None]:
+    """The tensors a run trains on (``images``, and ``labels`` when conditional) and its class
+    names; a conditional run on data without labels is refused."""
+    dataset = load_labelled_dataset(config.dataset, config.data_dir)
+    if not config.conditional:
+        return {"images": dataset.images}, None
+    if not dataset.labelled:
+        raise GenflowError(
+            f"--conditional needs labelled data, and {config.dataset} has no labels; put an image folder's images in "
+            "one subfolder per class, or train without --conditional"
+        )
+    return {"images": dataset.images, "labels": dataset.labels}, dataset.classes
 
 
 def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetup:
@@ -71,11 +87,19 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetu
     config.validate()
     process = make_process(config.process, **config.process_options)
     runtime = runtime or SingleProcess(config.device)
-    images = load_dataset(config.dataset, config.data_dir)
+    data, classes = training_data(config)
+    images = data["images"]
     check_batch_size(config.batch_size, len(images))
-    evaluate = training_evaluator(config, process, images, runtime.device) if config.eval_every else None
-    resolved = config.with_resolved(process.options(), backbone_config(config, images).to_dict())
-    return TrainingSetup(resolved, process, DenoisingObjective(process), {"images": images}, runtime, evaluate)
+    unet = backbone_config(config, images, len(classes or ()))
+    evaluate = training_evaluator(config, process, images, runtime.device, unet.num_classes) if config.eval_every else None
+    resolved = config.with_resolved(process.options(), unet.to_dict())
+    objective = DenoisingObjective(process, config.label_dropout, unet.null_label)
+    return TrainingSetup(resolved, process, objective, data, runtime, evaluate, classes)
+
+
+def data_record(setup: TrainingSetup) -> dict:
+    """The data part of ``config.json`` for a run trained as ``setup`` says."""
+    return files.data_record(setup.data["images"], setup.data.get("labels"), setup.classes)
 
 
 def train(
@@ -96,7 +120,7 @@ def train(
             files.clear_run(run_dir)
             (run_dir / SAMPLES).mkdir()
             write_json(
-                run_dir / CONFIG, files.run_record(setup.config, genflow.__version__, files.data_record(setup.data["images"]))
+                run_dir / CONFIG, files.run_record(setup.config, genflow.__version__, data_record(setup))
             )
             if files.is_default_location(out, run_dir):
                 files.point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
@@ -119,9 +143,9 @@ def resume(
     run_files = read_run(run)
     saved = run_files.train_config()
     setup = prepare(resume_rules.resumed_config(saved, overrides or {}), runtime)
-    saved_images = run_files.config.get("data", {}).get("sha256")  # absent in runs from before the fingerprint
-    images = files.data_fingerprint(setup.data["images"]) if saved_images else None
-    resume_rules.check_same_run(resume_rules.identity(saved, saved_images), resume_rules.identity(setup.config, images))
+    saved_data = run_files.config.get("data", {})  # its fingerprint is absent in runs from before it
+    data = data_record(setup) if saved_data.get("sha256") else {}
+    resume_rules.check_same_run(resume_rules.identity(saved, saved_data), resume_rules.identity(setup.config, data))
     path, reporter, runtime = run_files.path, reporter or SilentReporter(), setup.runtime
     with run_lock(path, runtime):
         checkpoint = newest_valid_checkpoint(path, reporter.note)
@@ -151,7 +175,7 @@ def record_resume(run_files: files.RunFiles, setup: TrainingSetup, checkpoint: C
     files.remove_run_temporaries(path)
     if changes:
         version = run_files.config.get("genflow_version", genflow.__version__)
-        data = run_files.config.get("data") or files.data_record(setup.data["images"])  # verified equal on resume
+        data = run_files.config.get("data") or data_record(setup)  # verified equal on resume
         write_json(path / CONFIG, files.run_record(setup.config, version, data))
     resumed_from = checkpoint.path.name if checkpoint else None
     files.keep_metrics_through(path / files.METRICS, done, {"step": done, "resumed_from": resumed_from, "changes": changes})
@@ -169,6 +193,15 @@ class LoadedRun:
     checkpoint_step: int | None = None
     """The step of the checkpoint whose weights were loaded, for an unfinished run; ``None``
     when the run finished and its final weights were loaded."""
+
+    @property
+    def classes(self) -> tuple[str, ...] | None:
+        """The class names of a conditional run (label ``k`` is ``classes[k]``); ``None`` for an
+        unconditional one."""
+        if not self.model.config.num_classes:
+            return None
+        names = self.config.get("data", {}).get("classes") or range(self.model.config.num_classes)
+        return tuple(str(name) for name in names)
 
     def describe(self) -> str:
         """The run, and for an unfinished one which weights sample it."""
@@ -209,20 +242,38 @@ def sample_run(
     solver: str | None = None,
     steps: int | None = None,
     grid: str | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     batch_size: int | None = None,
+    labels: Sequence[int] | None = None,
+    guidance: float = 1.0,
+    guidance_interval: Sequence[float] = FULL_INTERVAL,
     **solver_options: float,
 ) -> tuple[Tensor, SamplingStats]:
-    """``n`` samples of a loaded run, with the stats of how they were made."""
+    """``n`` samples of a loaded run, with the stats of how they were made; ``labels`` (one per
+    sample, or ``None``), ``guidance`` and ``seed`` (one, or one per sample) as in :func:`genflow.sample`."""
     if n < 1:
         raise GenflowError(f"n must be >= 1, not {n}")
+    check_conditioning(loaded, labels, guidance, guidance_interval)
     check_fixed_steps(solver or loaded.process.default_solver, steps)
     config = loaded.model.config
     stats = SamplingStats()
     shape = (n, config.channels, config.resolution, config.resolution)
     images = genflow.sample(loaded.model, loaded.process, shape=shape, solver=solver, steps=steps, grid=grid, seed=seed,
-                            batch_size=batch_size, stats=stats, **solver_options)  # fmt: skip
+                            batch_size=batch_size, stats=stats, labels=labels, guidance=guidance,
+                            guidance_interval=guidance_interval, **solver_options)  # fmt: skip
     return images, stats
+
+
+def check_conditioning(loaded: LoadedRun, labels: Sequence[int] | None, guidance: float, interval: Sequence[float]) -> None:
+    """Refuse, before sampling, guidance that is not a finite number >= 0 or an interval outside
+    [0, 1], classes for an unconditional run, and guidance without classes."""
+    check_guidance(guidance, interval)
+    if loaded.classes is None and (labels is not None or guidance != 1):
+        raise GenflowError(
+            f"{loaded.path} is unconditional: --class and --guidance need a run trained with --conditional"
+        )
+    if labels is None and guidance != 1:
+        raise GenflowError("--guidance needs --class: guidance pushes samples towards the classes given")
 
 
 def check_fixed_steps(solver: str, steps: int | None) -> None:

@@ -37,6 +37,8 @@ class TrainConfig:
     process_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "digits"
     data_dir: str | None = None
+    conditional: bool = False
+    label_dropout: float = 0.1
     model: dict[str, Any] = field(default_factory=dict)
     steps: int = 2000
     batch_size: int = 128
@@ -70,6 +72,8 @@ class TrainConfig:
             raise GenflowError(
                 f"grad_clip must be positive and weight_decay >= 0, not {self.grad_clip!r} and {self.weight_decay!r}"
             )
+        if not 0 <= self.label_dropout < 1:
+            raise GenflowError(f"label_dropout must be in [0, 1) (the share of labels replaced by the null label), not {self.label_dropout!r}")
         if not 0 <= self.ema_decay < 1:
             raise GenflowError(f"ema_decay must be in [0, 1), not {self.ema_decay!r}")
         if self.device not in DEVICES:

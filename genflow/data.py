@@ -1,13 +1,16 @@
-"""Datasets as in-memory tensors scaled to [-1, 1], shape (N, C, H, W).
+"""Datasets as in-memory tensors scaled to [-1, 1], shape (N, C, H, W), with their class labels.
 
 ``digits`` (scikit-learn's 8x8 handwritten digits, 1797 images with 17 grey levels) ships
 inside the scikit-learn wheel and is the default; ``mnist``, ``fashion-mnist`` and
 ``cifar10`` read torchvision's files from ``--data-dir`` (never downloaded); any other
-value is a folder of images of one size.
+value is a folder of images of one size. Labels come from scikit-learn's targets,
+torchvision's targets, or an image folder's first-level subfolders (one class each, names
+sorted); a flat folder has none.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,10 +29,29 @@ IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
 DATASETS = ("digits", *TORCHVISION_SETS)
 
 
+@dataclass(frozen=True)
+class Dataset:
+    """Images in [-1, 1] of shape (N, C, H, W) and, where the data has classes, their labels
+    (long, shape (N,), values ``0..len(classes) - 1``) and the class names."""
+
+    images: Tensor
+    labels: Tensor | None = None
+    classes: tuple[str, ...] | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Tensor:
     """The named dataset, or the image folder at path ``name``, as a float tensor in [-1, 1]."""
+    return load_labelled_dataset(name, data_dir).images
+
+
+def load_labelled_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
+    """The named dataset, or the image folder at path ``name``, with its labels where it has them."""
     if name == "digits":
-        return load_digits()
+        return Dataset(load_digits(), digit_labels(), tuple(str(k) for k in range(10)))
     if name in TORCHVISION_SETS:
         return load_torchvision(name, data_dir)
     path = Path(name)
@@ -50,7 +72,14 @@ def load_digits() -> Tensor:
     return torch.from_numpy(images / 8.0 - 1.0).unsqueeze(1)
 
 
-def load_torchvision(name: str, data_dir: str | Path | None) -> Tensor:
+def digit_labels() -> Tensor:
+    """scikit-learn's digit targets (0..9), in the order of :func:`load_digits`."""
+    from sklearn.datasets import load_digits as sklearn_digits
+
+    return torch.from_numpy(sklearn_digits().target.astype(np.int64))
+
+
+def load_torchvision(name: str, data_dir: str | Path | None) -> Dataset:
     import torchvision
 
     if data_dir is None:
@@ -63,7 +92,9 @@ def load_torchvision(name: str, data_dir: str | Path | None) -> Tensor:
     array = np.asarray(dataset.data)
     if array.ndim == 3:
         array = array[..., None]
-    return uint8_to_unit_range(torch.from_numpy(array).permute(0, 3, 1, 2))
+    images = uint8_to_unit_range(torch.from_numpy(array).permute(0, 3, 1, 2))
+    labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
+    return Dataset(images, labels, tuple(str(c) for c in dataset.classes))
 
 
 def torchvision_files(name: str, root: Path) -> tuple[Path, list[str], str]:
@@ -93,10 +124,12 @@ def torchvision_files_message(name: str, root: Path, error: Exception) -> str:
     )
 
 
-def load_image_folder(path: Path) -> Tensor:
+def load_image_folder(path: Path) -> Dataset:
     """Every image under ``path`` (recursively), all of one size. Grey images (and palette
     images whose pixels are all grey) give one channel unless any image has colour: then every
-    image is RGB. Alpha is dropped; 16-bit images are scaled to 8 bits."""
+    image is RGB. Alpha is dropped; 16-bit images are scaled to 8 bits. When every image lies
+    inside a first-level subfolder, each such folder is a class (names sorted, as torchvision's
+    ImageFolder does); images directly in ``path`` make the folder unlabelled."""
     files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise GenflowError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}")
@@ -111,7 +144,18 @@ def load_image_folder(path: Path) -> Tensor:
             )
     channels = max(array.shape[2] for array in arrays)
     stacked = np.stack([np.repeat(array, channels // array.shape[2], axis=2) for array in arrays])
-    return uint8_to_unit_range(torch.from_numpy(stacked).permute(0, 3, 1, 2))
+    images = uint8_to_unit_range(torch.from_numpy(stacked).permute(0, 3, 1, 2))
+    return Dataset(images, *folder_classes([file.relative_to(path) for file in files]))
+
+
+def folder_classes(relative: list[Path]) -> tuple[Tensor | None, tuple[str, ...] | None]:
+    """Labels and class names from image paths relative to the folder: the first-level
+    subfolder of each, when every image has one; ``(None, None)`` otherwise."""
+    if any(len(file.parts) < 2 for file in relative):
+        return None, None
+    classes = tuple(sorted({file.parts[0] for file in relative}))
+    index = {name: k for k, name in enumerate(classes)}
+    return torch.tensor([index[file.parts[0]] for file in relative], dtype=torch.int64), classes
 
 
 def read_image(file: Path) -> np.ndarray:

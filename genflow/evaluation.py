@@ -18,6 +18,7 @@ from genflow.data import load_dataset
 from genflow.errors import GenflowError
 from genflow.image_files import read_samples_file
 from genflow.processes import GaussianProcess
+from genflow.solvers.guidance import balanced_labels
 
 if TYPE_CHECKING:
     from genflow.api import LoadedRun
@@ -78,10 +79,11 @@ def evaluate_samples_file(path: Path, dataset: str = "digits", seed: int = 0) ->
 
 
 def training_evaluator(
-    config: TrainConfig, process: GaussianProcess, images: Tensor, device: torch.device
+    config: TrainConfig, process: GaussianProcess, images: Tensor, device: torch.device, num_classes: int = 0
 ) -> Callable[[nn.Module], dict]:
     """Frechet distance (and its floor) of ``eval_n`` EMA samples with the process's default
-    solver at ``sample_steps``, for ``--eval-every``."""
+    solver at ``sample_steps``, for ``--eval-every``; a conditional run's samples cover its
+    ``num_classes`` classes evenly (guidance 1)."""
     from genflow.metrics import check_sample_count
 
     feature_classifier(config.dataset)
@@ -90,7 +92,8 @@ def training_evaluator(
     def scores(ema: nn.Module) -> dict:
         shape = (config.eval_n, *images.shape[1:])
         steps = genflow.SOLVERS.get(process.default_solver).fixed_steps(config.sample_steps)
-        samples = genflow.sample(ema, process, shape=shape, steps=steps, seed=0, device=device)
+        labels = balanced_labels(config.eval_n, num_classes)
+        samples = genflow.sample(ema, process, shape=shape, steps=steps, seed=0, device=device, labels=labels)
         report = score(samples, images, config.dataset)
         return {"fd": report["fd"], "fd_floor": report["fd_floor"], "kid": report["kid"]}
 

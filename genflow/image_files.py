@@ -64,12 +64,14 @@ def check_scale(scale: int | None) -> None:
         raise GenflowError(f"scale must be a whole number from 1 (the native size) to {MAX_SCALE}, not {scale}")
 
 
-def save_samples(images: Tensor, out: Path, overwrite: bool = False, scale: int | None = None) -> Path:
-    """By the path: ``.png`` a grid, ``.npz`` uint8 NHWC under ``arr_0``, otherwise a
-    directory of one PNG per sample. An existing output is refused unless ``overwrite``; the
-    parent folder must exist. Only a grid is upscaled, ``scale`` times by nearest neighbour
-    (default: tiles at least 32 pixels high). Files are written whole under a temporary name,
-    then renamed."""
+def save_samples(
+    images: Tensor, out: Path, overwrite: bool = False, scale: int | None = None, columns: int | None = None
+) -> Path:
+    """By the path: ``.png`` a grid (``columns`` wide, default as square as it gets), ``.npz``
+    uint8 NHWC under ``arr_0``, otherwise a directory of one PNG per sample. An existing output
+    is refused unless ``overwrite``; the parent folder must exist. Only a grid is upscaled,
+    ``scale`` times by nearest neighbour (default: tiles at least 32 pixels high). Files are
+    written whole under a temporary name, then renamed."""
     from torchvision.utils import save_image
 
     check_scale(scale)
@@ -78,7 +80,7 @@ def save_samples(images: Tensor, out: Path, overwrite: bool = False, scale: int 
     images = images.detach().float().cpu()
     try:
         if suffix == ".png":
-            nrow = max(1, int(np.ceil(np.sqrt(len(images)))))
+            nrow = columns or max(1, int(np.ceil(np.sqrt(len(images)))))
             grid = upscale(to_unit_interval(images), grid_scale(scale, images.shape[-2]))
             atomic_write(out, lambda tmp: save_image(grid, tmp, format="png", nrow=nrow, padding=1))
         elif suffix == ".npz":

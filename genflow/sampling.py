@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -12,6 +13,7 @@ from genflow.errors import GenflowError
 from genflow.processes import GaussianProcess, make_process
 from genflow.processes.base import Model
 from genflow.solvers import SOLVERS, BoundModel, NoiseSource, SolverSpec
+from genflow.solvers.guidance import FULL_INTERVAL, GuidedModel, as_labels, check_guidance
 from genflow.timesteps import check_grid, make_grid
 
 DEFAULT_STEPS = 20
@@ -37,11 +39,14 @@ def sample(
     solver: str | None = None,
     steps: int | None = None,
     grid: str | Tensor | None = None,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     batch_size: int | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     stats: SamplingStats | None = None,
+    labels: int | Sequence[int] | Tensor | None = None,
+    guidance: float = 1.0,
+    guidance_interval: Sequence[float] = FULL_INTERVAL,
     **solver_options: float,
 ) -> Tensor:
     """Draw ``shape[0]`` samples by integrating ``model`` from the prior to the data.
@@ -56,10 +61,18 @@ def sample(
         grid: a registered grid name (the process's default when omitted) or a decreasing tensor
             of times from 1 to 0.
         seed: sample ``i`` draws all its noise from its own generator seeded ``seed + i``, so
-            the same seed gives the same samples at any ``batch_size`` (EDM's convention).
+            the same seed gives the same samples at any ``batch_size`` (EDM's convention); or
+            one seed per sample (a sequence of ``n``), e.g. the same seeds for every class.
         batch_size: samples per model call; all at once when omitted.
         device, dtype: where and in what precision to sample (the model's device by default).
         stats: a :class:`SamplingStats` to fill with solver, grid, steps, NFE and seconds.
+        labels: for a class-conditional ``model(x, t, labels)``: one class for every sample or
+            one per sample; ``None`` samples the unconditional model (its null label).
+        guidance: classifier-free guidance ``uncond + guidance * (cond - uncond)`` (Ho &
+            Salimans 2022; diffusers' convention): 1 the conditional model, 0 the
+            unconditional one. A guided step costs two backbone evaluations, counted in NFE.
+        guidance_interval: ``(lo, hi)``: guide only for ``lo <= t <= hi``, the conditional
+            model elsewhere (Kynkaanniemi et al. 2024).
         solver_options: the solver's options, e.g. ``eta=0.5`` for ``ddim``; unknown or
             inapplicable ones are errors.
 
@@ -72,6 +85,8 @@ def sample(
     spec.check_process(process, options)
     times, grid_name = _time_grid(process, spec, grid, steps)
     n = _check_shape(shape)
+    seeds = _per_sample_seeds(seed, n)
+    conditioned = _conditioning(model, labels, n, guidance, guidance_interval)
     batch_size = n if batch_size is None else batch_size
     if batch_size < 1:
         raise GenflowError(f"batch_size must be >= 1, not {batch_size}")
@@ -80,9 +95,9 @@ def sample(
     started, nfe, chunks = time.perf_counter(), 0, []
     with torch.no_grad():
         for start in range(0, n, batch_size):
-            seeds = range(seed + start, seed + min(start + batch_size, n))
-            bound = BoundModel(model, process)
-            chunks.append(_sample_batch(bound, spec, times, NoiseSource(seeds, device, dtype), shape[1:], options))
+            bound = BoundModel(conditioned(start, start + batch_size), process)
+            noise = NoiseSource(seeds[start : start + batch_size], device, dtype)
+            chunks.append(_sample_batch(bound, spec, times, noise, shape[1:], options))
             nfe += bound.nfe
     if device.type == "cuda":
         torch.cuda.synchronize(device)  # kernels run asynchronously; time them to completion
@@ -91,6 +106,30 @@ def sample(
         stats.nfe = nfe / len(chunks)
         stats.seconds = time.perf_counter() - started
     return torch.cat(chunks)
+
+
+def _per_sample_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    if isinstance(seed, int):
+        return list(range(seed, seed + n))
+    seeds = [int(s) for s in seed]
+    if len(seeds) != n:
+        raise GenflowError(f"give one seed, or one per sample ({n}), not {len(seeds)}")
+    return seeds
+
+
+def _conditioning(model: Model, labels, n: int, guidance: float, interval: Sequence[float]):
+    """``conditioned(start, stop)``: the model to sample samples ``start:stop`` with, their
+    labels and the guidance fixed (the model itself when it is sampled without labels)."""
+    check_guidance(guidance, interval)
+    if labels is None:
+        if guidance != 1:
+            raise GenflowError("guidance needs labels: give the classes to guide towards")
+        return lambda start, stop: model
+    null = getattr(model, "null_label", None)
+    if null is None:
+        raise GenflowError("labels need a class-conditional model (one with a null_label); this model is unconditional")
+    per_sample = as_labels(labels, n, null)
+    return lambda start, stop: GuidedModel(model, per_sample[start:stop], null, guidance, interval)
 
 
 def _sample_batch(bound: BoundModel, spec: SolverSpec, times: Tensor, noise: NoiseSource, sample_shape, options) -> Tensor:

@@ -36,13 +36,23 @@ class GaussianMixture:
         noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
         return self.means[components] + self.std * noise
 
-    def posterior(self, x: Tensor, alpha: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
+    @property
+    def null_label(self) -> int:
+        """The label meaning "any component": components are classes ``0..K-1``, ``K`` is none."""
+        return len(self.means)
+
+    def posterior(self, x: Tensor, alpha: Tensor, sigma: Tensor, labels: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """``(E[x0 | x_t = x], E[eps | x_t = x])`` for per-sample ``alpha``, ``sigma`` of shape
-        ``(B, 1)``. The noise is ``sigma sum_k r_k (x - alpha mu_k) / v`` with
+        ``(B, 1)``; with ``labels``, given also the component (each one a class; the null
+        label: any). The noise is ``sigma sum_k r_k (x - alpha mu_k) / v`` with
         ``v = alpha^2 s^2 + sigma^2``, which stays finite where sigma = 0."""
         variance = alpha**2 * self.std**2 + sigma**2  # (B, 1)
         offsets = x[:, None, :] - alpha[:, :, None] * self.means[None]  # (B, K, D)
         log_resp = torch.log(self.weights)[None] - 0.5 * (offsets**2).sum(-1) / variance
+        if labels is not None:  # the class's own component only; the null label keeps them all
+            classes = torch.arange(len(self.means), device=labels.device)
+            allowed = (labels[:, None] == classes[None]) | (labels[:, None] == self.null_label)
+            log_resp = log_resp.masked_fill(~allowed.to(log_resp.device), -math.inf)
         resp = torch.softmax(log_resp, dim=1)[:, :, None]  # (B, K, 1)
         scaled = (resp * offsets).sum(1) / variance  # sum_k r_k (x - alpha mu_k) / v
         x0 = (resp * self.means[None]).sum(1) + alpha * self.std**2 * scaled
@@ -56,13 +66,21 @@ class GaussianMixture:
         log_norm = -0.5 * self.dim * math.log(2 * math.pi * variance)
         return torch.logsumexp(torch.log(self.weights)[None] + log_norm - 0.5 * sq / variance, dim=1)
 
-    def exact_model(self, process: GaussianProcess) -> Model:
-        """``model(x, t)`` returning the exact prediction in ``process``'s parameterization."""
+    def sample_class(self, label: int, n: int, generator: torch.Generator | None = None) -> Tensor:
+        """``n`` draws of component ``label`` alone."""
+        noise = torch.randn(n, self.dim, generator=generator, dtype=torch.float64)
+        return self.means[label] + self.std * noise
 
-        def model(x: Tensor, t: Tensor) -> Tensor:
+    def exact_model(self, process: GaussianProcess) -> Model:
+        """``model(x, t, labels=None)`` returning the exact prediction in ``process``'s
+        parameterization: of the whole mixture, or given each sample's component (its class;
+        ``model.null_label`` for none), so it is also an exact class-conditional model."""
+
+        def model(x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
             s = process.schedule(t.to(torch.float64)).broadcast_to(x.to(torch.float64))
             xd = x.to(torch.float64)
-            x0, eps = self.posterior(xd, s.alpha, s.sigma)
+            x0, eps = self.posterior(xd, s.alpha, s.sigma, labels)
             return from_x0_eps(process.prediction, x0, eps, s).to(x.dtype)
 
+        model.null_label = self.null_label
         return model

@@ -6,7 +6,8 @@ EDM's preconditioning (Karras et al. 2022, table 1, with sigma_data = 1), which 
 input of standard deviation 50 in the range the network sees for VP; and it maps ``t`` to
 the embedding's timestep ``999 t`` (DDPM's range, Ho et al. 2020). The preconditioner is
 built from a schedule function, any callable returning ``alpha`` and ``sigma`` at ``t``, so
-neither it nor the backbone knows which process it serves.
+neither it nor the backbone knows which process it serves. A class-conditional backbone
+takes ``labels`` (long, shape ``(B,)``); ``None`` or the null label means no class.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Protocol
 import torch
 from torch import Tensor, nn
 
+from genflow.errors import GenflowError
 from genflow.nn.unet import UNetConfig, build_unet
 
 TIMESTEP_SCALE = 999.0
@@ -33,8 +35,8 @@ Schedule = Callable[[Tensor], Scales]
 
 
 class Preconditioner(nn.Module):
-    """``Preconditioner(config, schedule)(x, t) -> prediction``; the backbone is ``.unet``
-    (its state dict keys are ``unet.*``)."""
+    """``Preconditioner(config, schedule)(x, t, labels=None) -> prediction``; the backbone is
+    ``.unet`` (its state dict keys are ``unet.*``)."""
 
     def __init__(self, config: UNetConfig, schedule: Schedule) -> None:
         super().__init__()
@@ -49,5 +51,23 @@ class Preconditioner(nn.Module):
         alpha, sigma = s.alpha.reshape(shape).to(like.dtype), s.sigma.reshape(shape).to(like.dtype)
         return torch.rsqrt(alpha**2 + sigma**2)
 
-    def forward(self, x: Tensor, t: Tensor) -> Tensor:
-        return self.unet(x * self.input_scale(t, x), t * TIMESTEP_SCALE).sample.to(x.dtype)
+    @property
+    def null_label(self) -> int | None:
+        """The label meaning "no class" for a conditional backbone; ``None`` for an unconditional one."""
+        return self.config.null_label
+
+    def class_labels(self, labels: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        """The labels the backbone's class embedding takes: ``labels``, or the null label when
+        none are given; ``None`` for an unconditional backbone, which refuses labels."""
+        null = self.null_label
+        if null is None:
+            if labels is not None:
+                raise GenflowError("this model is unconditional: it takes no class labels (train it with --conditional)")
+            return None
+        if labels is None:
+            return torch.full((batch,), null, dtype=torch.long, device=device)
+        return labels.to(device=device, dtype=torch.long)
+
+    def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
+        classes = self.class_labels(labels, x.shape[0], x.device)
+        return self.unet(x * self.input_scale(t, x), t * TIMESTEP_SCALE, class_labels=classes).sample.to(x.dtype)

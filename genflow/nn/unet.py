@@ -27,8 +27,14 @@ class UNetConfig:
     layers_per_block: int = 1
     norm_groups: int = 16
     dropout: float = 0.0
+    num_classes: int = 0
+    """Classes of a class-conditional backbone (0: unconditional). Its embedding has one row
+    more, the null label ``num_classes``, which classifier-free guidance trains and samples as
+    "no class" (Ho & Salimans 2022)."""
 
     def __post_init__(self) -> None:
+        if not isinstance(self.num_classes, int) or self.num_classes < 0:
+            raise GenflowError(f"model.num_classes must be a whole number >= 0, not {self.num_classes!r}")
         if len(self.attention) != len(self.block_channels):
             raise GenflowError("model.attention needs one true/false per entry of model.block_channels")
         if any(c % self.norm_groups for c in self.block_channels):
@@ -41,6 +47,11 @@ class UNetConfig:
             )
         if self.resolution % 2 ** (len(self.block_channels) - 1):
             raise GenflowError(f"resolution {self.resolution} cannot be halved {len(self.block_channels) - 1} times")
+
+    @property
+    def null_label(self) -> int | None:
+        """The label that means "no class" (the embedding's last row); ``None`` when unconditional."""
+        return self.num_classes if self.num_classes else None
 
     @classmethod
     def from_dict(cls, values: dict) -> UNetConfig:
@@ -69,7 +80,8 @@ def preset_for(channels: int, resolution: int) -> UNetConfig:
 
 
 def build_unet(config: UNetConfig) -> UNet2DModel:
-    """A freshly initialised ``UNet2DModel`` of this shape (weights from torch's global generator)."""
+    """A freshly initialised ``UNet2DModel`` of this shape (weights from torch's global generator);
+    a conditional one adds diffusers' class embedding (``num_class_embeds``), null row included."""
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention))
     return UNet2DModel(
@@ -83,4 +95,5 @@ def build_unet(config: UNetConfig) -> UNet2DModel:
         norm_num_groups=config.norm_groups,
         attention_head_dim=ATTENTION_HEAD_DIM,
         dropout=config.dropout,
+        num_class_embeds=config.num_classes + 1 if config.num_classes else None,
     )

@@ -168,8 +168,9 @@ class GaussianProcess(ABC):
         u = torch.rand(n, generator=generator, device=device)
         return self.t_min + (1 - self.t_min) * u
 
-    def couple(self, x0: Tensor, eps: Tensor) -> Tensor:
-        """Pair noise with data inside a minibatch; independent pairing by default."""
+    def couple(self, x0: Tensor, eps: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Pair noise with data inside a minibatch (within each of ``groups``, e.g. the classes
+        of a conditional run, when given); independent pairing by default."""
         return eps
 
     def corrupt(self, x0: Tensor, eps: Tensor, t: Tensor) -> Tensor:
@@ -177,11 +178,14 @@ class GaussianProcess(ABC):
         s = self.schedule(t).broadcast_to(x0)
         return s.alpha * x0 + s.sigma * eps
 
-    def training_loss(self, model: Model, x0: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Per-sample mean squared error of the prediction against its target, shape ``(B,)``."""
+    def training_loss(
+        self, model: Model, x0: Tensor, generator: torch.Generator | None = None, groups: Tensor | None = None
+    ) -> Tensor:
+        """Per-sample mean squared error of the prediction against its target, shape ``(B,)``;
+        ``groups`` (the classes of a conditional batch) keep any coupling within a group."""
         t = self.sample_training_times(x0.shape[0], generator, x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        eps = self.couple(x0, eps)
+        eps = self.couple(x0, eps, groups)
         s = self.schedule(t).broadcast_to(x0)
         x_t = s.alpha * x0 + s.sigma * eps
         target = from_x0_eps(self.prediction, x0, eps, s)

@@ -57,7 +57,15 @@ class CNF(GaussianProcess):
     def has_gaussian_conditionals(self) -> bool:
         return self.coupling == "independent"
 
-    def couple(self, x0: Tensor, eps: Tensor) -> Tensor:
-        if self.coupling == "ot":
+    def couple(self, x0: Tensor, eps: Tensor, groups: Tensor | None = None) -> Tensor:
+        """Minibatch OT pairing, within each class when ``groups`` are given, so that every
+        class's conditional flow is an OT-CFM flow of its own (Tong et al. 2023, sec. 4)."""
+        if self.coupling != "ot":
+            return eps
+        if groups is None:
             return optimal_transport_pairing(x0, eps)
-        return eps
+        paired = eps.clone()
+        for group in groups.unique():
+            members = (groups == group).nonzero().squeeze(1)
+            paired[members] = optimal_transport_pairing(x0[members], eps[members])
+        return paired

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,9 +52,13 @@ class RunFiles:
         return config_from_record(self.config, source=str(self.path / CONFIG))
 
 
-def data_record(images: Tensor) -> dict[str, Any]:
-    """How many training images there are and their :func:`data_fingerprint`."""
-    return {"images": len(images), "sha256": data_fingerprint(images)}
+def data_record(images: Tensor, labels: Tensor | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """How many training images there are and their :func:`data_fingerprint`; for a
+    conditional run also the labels' fingerprint and the class names (index = label)."""
+    record: dict[str, Any] = {"images": len(images), "sha256": data_fingerprint(images)}
+    if labels is not None:
+        record |= {"labels_sha256": data_fingerprint(labels), "classes": list(classes or [])}
+    return record
 
 
 def run_record(config: TrainConfig, version: str, data: dict[str, Any]) -> dict[str, Any]:
@@ -87,9 +91,10 @@ def upgraded(record: dict[str, Any]) -> dict[str, Any]:
     return {"format": RUN_FORMAT, **record, "train": train}
 
 
-def data_fingerprint(images: Tensor) -> str:
-    """sha256 of the training images as float32, to tell on resume whether the data changed."""
-    return hashlib.sha256(images.detach().to("cpu", torch.float32).contiguous().numpy().tobytes()).hexdigest()
+def data_fingerprint(values: Tensor) -> str:
+    """sha256 of the training images as float32 (labels as int64), to tell on resume whether the data changed."""
+    dtype = torch.int64 if not values.dtype.is_floating_point else torch.float32
+    return hashlib.sha256(values.detach().to("cpu", dtype).contiguous().numpy().tobytes()).hexdigest()
 
 
 def followed(path: Path) -> Path:

@@ -29,16 +29,18 @@ def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig
     return TrainConfig.from_dict(merged, source="--resume").validate()
 
 
-def identity(config: TrainConfig, data_sha256: str | None) -> dict[str, Any]:
+def identity(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
     """What makes a run this run, flat and in the order differences are reported: the process,
-    its options, the backbone, the other fixed training keys, the training images."""
+    its options, the backbone, the other fixed training keys, the training images and labels
+    (their fingerprints in ``data``, a run's data record; empty for runs from before them)."""
     values = config.to_dict()
     keys = {"process": config.process}
     keys |= {f"process option {k}": v for k, v in config.process_options.items()}
     keys |= {f"model.{k}": v for k, v in config.model.items()}
     keys |= {k: v for k, v in values.items() if k not in RESUMABLE | set(RECORDED_APART)}
-    if data_sha256 is not None:
-        keys["data sha256"] = data_sha256[:16]
+    for key, name in (("sha256", "data sha256"), ("labels_sha256", "labels sha256")):
+        if data.get(key):
+            keys[name] = data[key][:16]
     return keys
 
 

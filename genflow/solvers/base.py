@@ -36,8 +36,10 @@ class BoundModel:
         return self.process.coefficients(t)
 
     def predict(self, x: Tensor, t: float) -> Tensor:
-        """One network evaluation at the time ``t`` for the whole batch."""
-        self.nfe += 1
+        """One model call at the time ``t`` for the whole batch; NFE counts the backbone
+        evaluations it costs per sample (two for a guided model, which runs both halves)."""
+        evaluations = getattr(self.model, "backbone_evaluations", None)
+        self.nfe += evaluations(t) if evaluations is not None else 1
         return self.model(x, torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype))
 
     def denoise(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:

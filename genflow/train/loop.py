@@ -34,12 +34,14 @@ from genflow.processes import GaussianProcess
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs.checkpoint import CHECKPOINTS, Checkpoint, describe_latest, latest_name, write_checkpoint
 from genflow.runs.files import EMA_WEIGHTS, METRICS, RAW_WEIGHTS, SAMPLES, MetricsLog
+from genflow.solvers.guidance import class_rows
 from genflow.storage import save_weights
 from genflow.train.objective import Objective
 from genflow.train.runtime import Runtime
 from genflow.train.state import TrainingState
 
 GRID_SAMPLES = 64
+GRID_PER_CLASS = 8
 LONG_RUN_SECONDS = 30 * 60
 """A run whose remaining time is estimated above this gets advice on making it shorter or faster."""
 PACE_STEPS = 5
@@ -58,6 +60,8 @@ class TrainingSetup:
     data: Mapping[str, Tensor]
     runtime: Runtime
     evaluate: Callable[[nn.Module], dict] | None = None
+    classes: tuple[str, ...] | None = None
+    """The class names of a conditional run (label ``k`` is ``classes[k]``); ``None`` otherwise."""
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -140,9 +144,10 @@ class Trainer:
 
     def describe(self) -> str:
         """One line saying what this session trains, with the resolved values users tune."""
-        config, images = self.config, self.setup.data["images"]
+        config, images, classes = self.config, self.setup.data["images"], self.setup.classes
+        labels = f", conditional on {len(classes)} classes with label dropout {config.label_dropout:g}" if classes else ""
         return (
-            f"{self.run_dir}: {config.process} on {config.dataset} ({len(images)} images of {tuple(images.shape[1:])}), "
+            f"{self.run_dir}: {config.process} on {config.dataset} ({len(images)} images of {tuple(images.shape[1:])}{labels}), "
             f"steps {self.state.step + 1}..{config.steps} of batch {config.batch_size} on {self.runtime.device}, "
             f"lr {config.lr:g} after {config.warmup_steps} warm-up steps, ema {config.ema_decay:g}"
         )
@@ -251,17 +256,27 @@ class Trainer:
         """A grid of EMA samples in ``samples/``, announced (with the last grid's time) and timed."""
         if not self.runtime.is_main:
             return
-        shape, process = (GRID_SAMPLES, *self.setup.data["images"].shape[1:]), self.setup.process
-        solver = genflow.SOLVERS.get(process.default_solver)
+        process, solver = self.setup.process, genflow.SOLVERS.get(self.setup.process.default_solver)
+        conditioning, columns = self.grid_conditioning()
+        count = len(conditioning.get("labels", ())) or GRID_SAMPLES
         last = f"; the last took {self.grid_seconds:.0f} s" if self.grid_seconds else ""
         how = solver.describe_steps(self.config.sample_steps, process.default_grid)
-        self.reporter.note(f"step {step}: sampling a grid of {GRID_SAMPLES} ({solver.name}, {how}{last})")
-        stats = genflow.SamplingStats()
-        steps = solver.fixed_steps(self.config.sample_steps)
-        images = genflow.sample(self.state.ema, process, shape=shape, steps=steps, seed=0, device=self.runtime.device, stats=stats)
-        path = save_samples(images, self.run_dir / SAMPLES / f"step-{step:06d}.png", overwrite=True)
+        self.reporter.note(f"step {step}: sampling a grid of {count} ({solver.name}, {how}{last})")
+        stats, shape = genflow.SamplingStats(), (count, *self.setup.data["images"].shape[1:])
+        steps, device = solver.fixed_steps(self.config.sample_steps), self.runtime.device
+        images = genflow.sample(self.state.ema, process, shape=shape, steps=steps, device=device, stats=stats, **conditioning)
+        path = save_samples(images, self.run_dir / SAMPLES / f"step-{step:06d}.png", overwrite=True, columns=columns)
         self.grid_seconds = stats.seconds
         self.reporter.note(f"step {step}: grid -> {path} ({stats.seconds:.1f} s)")
+
+    def grid_conditioning(self) -> tuple[dict, int | None]:
+        """``genflow.sample``'s labels and seeds for a conditional run's grid, one row of
+        :data:`GRID_PER_CLASS` per class (the same seeds in every row), and its width; an
+        unconditional run's grid takes seeds 0.. and is square."""
+        if not self.setup.classes:
+            return {"seed": 0}, None
+        labels, seeds = class_rows(range(len(self.setup.classes)), GRID_PER_CLASS)
+        return {"labels": labels, "seed": seeds}, GRID_PER_CLASS
 
     def save_checkpoint(self) -> Path:
         """Commit a checkpoint of the state; non-finite weights are refused, and a failed write
