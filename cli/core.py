@@ -129,6 +129,17 @@ RunArgument = Annotated[str | None, typer.Argument(help="Run directory (default 
 SolverOption = Annotated[str | None, typer.Option(help="Solver (default: the process's own).")]
 GridOption = Annotated[str | None, typer.Option(help=GRID_HELP)]
 DeviceOption = Annotated[str, typer.Option(help="auto, cpu, cuda or mps.")]
+ClassOption = Annotated[
+    str | None,
+    typer.Option("--class", help="Conditional runs: classes to sample, by name or index (3, 0,1,2 or all: one row per class)."),
+]
+GuidanceOption = Annotated[
+    float,
+    typer.Option(help="Classifier-free guidance S: uncond + S (cond - uncond); 1 the conditional model, 0 unconditional."),
+]
+GuidanceIntervalOption = Annotated[
+    str | None, typer.Option(help="Guide only for process times t in LO,HI (e.g. 0.1,0.8); the conditional model elsewhere.")
+]
 
 
 def describe_cost(solver: str, steps: int, grid: str, nfe: float) -> str:

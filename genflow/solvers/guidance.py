@@ -117,3 +117,38 @@ def class_rows(classes: Sequence[int], per_class: int, seed: int = 0) -> tuple[l
 def balanced_labels(n: int, num_classes: int) -> list[int] | None:
     """``0, 1, .., K-1, 0, 1, ..``: ``n`` labels covering the classes evenly (``None`` when unconditional)."""
     return [i % num_classes for i in range(n)] if num_classes else None
+
+
+def parse_classes(spec: str, classes: Sequence[str]) -> list[int]:
+    """``--class`` as label indices: ``all``, or comma-separated class names or indices (a
+    name is matched first, so ``3`` is the class named "3" where there is one)."""
+    if spec.strip() == "all":
+        return list(range(len(classes)))
+    items = [item.strip() for item in spec.split(",")]
+    if not all(items):
+        raise GenflowError(f"--class takes 'all' or comma-separated classes such as 0,1,2, not {spec!r}")
+    return [class_index(item, classes) for item in items]
+
+
+def class_index(item: str, classes: Sequence[str]) -> int:
+    """The label of one class given by name or index."""
+    from genflow.registry import did_you_mean
+
+    if item in classes:
+        return list(classes).index(item)
+    try:
+        index = int(item)
+    except ValueError:
+        raise GenflowError(f"unknown class {item!r}; {did_you_mean(item, classes)}, or an index 0..{len(classes) - 1}") from None
+    if not 0 <= index < len(classes):
+        raise GenflowError(f"class {index} is out of range: this run has classes 0..{len(classes) - 1}")
+    return index
+
+
+def parse_interval(spec: str) -> tuple[float, float]:
+    """``--guidance-interval LO,HI`` as two times, checked like :func:`check_guidance`."""
+    try:
+        values = [float(item) for item in spec.split(",")]
+    except ValueError:
+        raise GenflowError(f"--guidance-interval takes two times LO,HI such as 0.1,0.8, not {spec!r}") from None
+    return check_guidance(1.0, values)
