@@ -69,3 +69,17 @@ def tiny_preset(path: Path, **values: object) -> Path:
     lines += ["", "[model]", *(f"{key} = {json.dumps(value)}" for key, value in TINY_MODEL.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
+
+
+@pytest.fixture(scope="session")
+def conditional_run(tmp_path_factory) -> Path:
+    """A class-conditional rectified-flow run on the digits, trained once per session (150 steps
+    of batch 64, about 30 s on two cores): at 10 Euler steps about 92% of its samples of class k
+    are called k by the shipped classifier at guidance 1, and all of them at guidance 2."""
+    from genflow import api
+    from genflow.config import TrainConfig
+
+    config = TrainConfig(
+        conditional=True, steps=150, batch_size=64, warmup_steps=15, sample_every=0, final_grid=False, device="cpu"
+    )
+    return api.train(config, tmp_path_factory.mktemp("conditional") / "run")
