@@ -9,8 +9,11 @@ from typing import Annotated
 import typer
 
 from genflow.cli.core import (
+    ClassOption,
     DeviceOption,
     GridOption,
+    GuidanceIntervalOption,
+    GuidanceOption,
     RunArgument,
     SolverOption,
     app,
@@ -32,7 +35,12 @@ def sample(
     solver: SolverOption = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps (default 20; adaptive solvers: 1).")] = None,
     grid: GridOption = None,
-    n: Annotated[int, typer.Option("--n", help="Number of samples.")] = 64,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Number of samples; per class with --class (default 64; 8 each for several classes).")
+    ] = None,
+    classes: ClassOption = None,
+    guidance: GuidanceOption = 1.0,
+    guidance_interval: GuidanceIntervalOption = None,
     seed: Annotated[int, typer.Option(help="Sample i uses seed + i, at any batch size.")] = 0,
     batch_size: Annotated[int | None, typer.Option(help="Samples per network call (never changes the samples).")] = None,
     out: Annotated[Path | None, typer.Option(help=".png grid, .npz uint8 NHWC array (arr_0), or a directory of PNGs.")] = None,
@@ -46,21 +54,43 @@ def sample(
     solver_options: dict | None = None,
 ) -> None:
     """Sample a trained run with any solver and write the samples. Solver options (below)
-    apply to the solvers named in their help."""
+    apply to the solvers named in their help. A conditional run samples the classes given with
+    --class (one grid row per class, the same seeds in every row), guided with --guidance."""
+    from genflow.solvers.guidance import FULL_INTERVAL, parse_interval
+
     api.check_scale(scale)
+    interval = parse_interval(guidance_interval) if guidance_interval else FULL_INTERVAL
     loaded = api.load(run, device)
+    request = api.ClassRequest.of(loaded, classes, n, seed)
+    api.check_conditioning(loaded, request.labels, guidance, interval)
     if out is not None:
         api.check_output(out, overwrite)  # before spending the sampling time
-    images, stats = api.sample_run(loaded, n, solver, steps, grid, seed, batch_size, **(solver_options or {}))
+    images, stats = api.sample_run(loaded, request.n, solver, steps, grid, request.seeds, batch_size, request.labels,
+                                   guidance, interval, **(solver_options or {}))  # fmt: skip
     if out is None:
-        out = api.samples_folder(loaded) / f"{stats.solver}-{stats.grid}-{stats.steps}steps-n{n}-seed{seed}.png"
+        out = api.samples_folder(loaded) / default_name(stats, request.n, seed, classes, guidance, guidance_interval)
         overwrite = True  # a name derived from every input: the same file each time
-    api.save_samples(images, out, overwrite, scale)
+    api.save_samples(images, out, overwrite, scale, columns=request.columns)
     result = {
         "run": str(loaded.path), "checkpoint_step": loaded.checkpoint_step, "process": loaded.process.name, "solver": stats.solver, "grid": stats.grid,
-        "steps": stats.steps, "nfe": stats.nfe, "seconds": round(stats.seconds, 4), "n": n, "seed": seed, "out": str(out),
+        "steps": stats.steps, "nfe": stats.nfe, "seconds": round(stats.seconds, 4), "n": request.n, "seed": seed, "out": str(out),
     }  # fmt: skip
+    if loaded.classes is not None:
+        labels = request.labels
+        result |= {"classes": None if labels is None else [loaded.classes[k] for k in dict.fromkeys(labels)],
+                   "guidance": guidance, "guidance_interval": list(interval)}  # fmt: skip
     if as_json:
         print(json.dumps(result))
-    else:
-        print(f"{loaded.describe()}: {stats.solver} on {loaded.process.name}, {describe_cost(stats.solver, stats.steps, stats.grid, stats.nfe)}, {stats.seconds:.2f} s -> {out}")
+        return
+    what = request.describe(loaded, guidance)
+    cost = describe_cost(stats.solver, stats.steps, stats.grid, stats.nfe)
+    print(f"{loaded.describe()}: {stats.solver} on {loaded.process.name}{', ' + what if what else ''}, {cost}, {stats.seconds:.2f} s -> {out}")
+
+
+def default_name(stats, n: int, seed: int, classes: str | None, guidance: float, interval: str | None) -> str:
+    """The file name of samples written without --out, derived from every input that changes them."""
+    name = f"{stats.solver}-{stats.grid}-{stats.steps}steps-n{n}-seed{seed}"
+    if classes is not None:
+        name += f"-class{classes.replace(',', '-').replace('/', '_')}-guidance{guidance:g}"
+        name += f"-interval{interval.replace(',', '-')}" if interval else ""
+    return name + ".png"

@@ -40,6 +40,9 @@ def info(run: RunArgument = None) -> None:
     table.add_row("default solver", loaded.process.default_solver)
     table.add_row("model", escape(f"{parameters / 1e6:.2f}M parameters, {json.dumps(loaded.config['model'])}"))
     table.add_row("data", f"{train_config['dataset']}")
+    if loaded.classes is not None:
+        dropout = train_config.get("label_dropout")
+        table.add_row("classes", escape(f"{len(loaded.classes)}: {', '.join(loaded.classes)} (label dropout {dropout:g})"))
     for key in ("steps", "batch_size", "lr", "ema_decay", "seed"):
         table.add_row(key, str(train_config[key]))
     from genflow.runs.files import logged_losses

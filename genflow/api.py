@@ -32,13 +32,14 @@ from genflow.runs import resume as resume_rules
 from genflow.runs.checkpoint import Checkpoint, newest_valid_checkpoint
 from genflow.runs.files import CONFIG, EMA_WEIGHTS, SAMPLES, checkpoint_status, read_run
 from genflow.sampling import SamplingStats
-from genflow.solvers.guidance import FULL_INTERVAL, check_guidance
+from genflow.solvers.guidance import FULL_INTERVAL, check_guidance, class_rows, parse_classes
 from genflow.storage import load_matching, write_json
 from genflow.train import DenoisingObjective, SingleProcess, Trainer, TrainingSetup
 from genflow.train.runtime import Runtime, pick_device
 from genflow.train.state import check_batch_size
 
 __all__ = [
+    "ClassRequest",
     "LoadedRun",
     "check_output",
     "check_scale",
@@ -274,6 +275,41 @@ def check_conditioning(loaded: LoadedRun, labels: Sequence[int] | None, guidance
         )
     if labels is None and guidance != 1:
         raise GenflowError("--guidance needs --class: guidance pushes samples towards the classes given")
+
+
+@dataclass(frozen=True)
+class ClassRequest:
+    """What ``--class`` asks of a run: per-sample labels and seeds (``per_class`` samples of each
+    class in turn, the same seeds in every class) and the grid width that puts one class per
+    row; for no ``--class``, unlabelled samples with seeds ``seed + i``."""
+
+    n: int
+    labels: list[int] | None
+    seeds: int | list[int]
+    columns: int | None = None
+
+    @classmethod
+    def of(cls, loaded: LoadedRun, spec: str | None, n: int | None, seed: int) -> ClassRequest:
+        """``n`` is per class (default 64 for one class or none, 8 each for several)."""
+        if spec is None:
+            return cls(n or DEFAULT_SAMPLES, None, seed)
+        if loaded.classes is None:
+            raise GenflowError(f"{loaded.path} is unconditional: --class needs a run trained with --conditional")
+        classes = parse_classes(spec, loaded.classes)
+        per_class = n or (DEFAULT_SAMPLES if len(classes) == 1 else PER_CLASS_IN_A_GRID)
+        labels, seeds = class_rows(classes, per_class, seed)
+        return cls(len(labels), labels, seeds, per_class if len(classes) > 1 else None)
+
+    def describe(self, loaded: LoadedRun, guidance: float) -> str:
+        """``classes 3, 5 (guidance 2)``, or what an unlabelled request of a conditional run samples."""
+        if self.labels is None:
+            return "unconditional (the null label; --class all gives one row per class)" if loaded.classes else ""
+        names = list(dict.fromkeys(loaded.classes[label] for label in self.labels))
+        return f"{'class' if len(names) == 1 else 'classes'} {', '.join(names)} (guidance {guidance:g})"
+
+
+DEFAULT_SAMPLES = 64
+PER_CLASS_IN_A_GRID = 8
 
 
 def check_fixed_steps(solver: str, steps: int | None) -> None:

@@ -5,7 +5,8 @@ ODE (:mod:`genflow.likelihood`)."""
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -14,11 +15,11 @@ from torch import Tensor, nn
 
 import genflow
 from genflow.config import TrainConfig
-from genflow.data import load_dataset
+from genflow.data import Dataset, load_dataset, load_labelled_dataset
 from genflow.errors import GenflowError
 from genflow.image_files import read_samples_file
 from genflow.processes import GaussianProcess
-from genflow.solvers.guidance import balanced_labels
+from genflow.solvers.guidance import balanced_labels, parse_classes
 
 if TYPE_CHECKING:
     from genflow.api import LoadedRun
@@ -46,6 +47,67 @@ def run_dataset(loaded: LoadedRun) -> tuple[str, Tensor]:
     """The name and images of the data a run was trained on."""
     train = loaded.config["train"]
     return train["dataset"], load_dataset(train["dataset"], train.get("data_dir"))
+
+
+def run_labelled_dataset(loaded: LoadedRun) -> Dataset:
+    """The data a run was trained on, with its labels where it has them."""
+    train = loaded.config["train"]
+    return load_labelled_dataset(train["dataset"], train.get("data_dir"))
+
+
+@dataclass
+class EvalPlan:
+    """What ``genflow eval`` samples and scores against: ``n`` samples with ``labels`` (one per
+    sample; ``None`` for an unconditional run) and the real images (and their labels) of the
+    classes sampled, which are ``names`` (label -> class name; ``None`` when unconditional)."""
+
+    n: int
+    labels: list[int] | None
+    real: Tensor
+    real_labels: Tensor | None = None
+    names: dict[int, str] | None = None
+
+
+def plan_evaluation(
+    data: Dataset, class_names: Sequence[str] | None, n: int | None, classes: str | Sequence[int] | None = None
+) -> EvalPlan:
+    """An unconditional run: ``n`` samples (default: half the real images) against all of them.
+    A conditional run: ``n`` samples whose labels cover ``classes`` (``--class`` text or
+    labels; default all of ``class_names``) evenly, against the real images of those classes;
+    ``n`` defaults to the most that leaves each class at most half its real images. Every
+    count is checked here, before sampling."""
+    from genflow.metrics import check_class_counts, check_sample_count
+
+    if class_names is None:
+        n = len(data.images) // 2 if n is None else n
+        check_sample_count(n, len(data.images))
+        return EvalPlan(n, None, data.images)
+    chosen = chosen_classes(class_names, classes)
+    names = {label: class_names[label] for label in chosen}
+    real_counts = {names[label]: int((data.labels == label).sum()) for label in chosen}
+    n = len(chosen) * (min(real_counts.values()) // 2) if n is None else n
+    labels = [chosen[i] for i in balanced_labels(n, len(chosen))]
+    check_class_counts({names[label]: labels.count(label) for label in chosen}, real_counts)
+    keep = torch.isin(data.labels, torch.tensor(chosen))
+    return EvalPlan(n, labels, data.images[keep], data.labels[keep], names)
+
+
+def chosen_classes(class_names: Sequence[str], classes: str | Sequence[int] | None) -> list[int]:
+    """The labels ``--class`` names (every class when ``None``), each once, in the order given."""
+    if classes is None:
+        return list(range(len(class_names)))
+    labels = parse_classes(classes, class_names) if isinstance(classes, str) else [int(k) for k in classes]
+    return list(dict.fromkeys(labels))
+
+
+def class_scores(images: Tensor, plan: EvalPlan, dataset: str, seed: int = 0) -> dict:
+    """Class agreement and per-class Frechet distance with floors (:func:`genflow.metrics.evaluate_classes`)
+    of a conditional run's samples made as ``plan`` says."""
+    from genflow.metrics import evaluate_classes
+
+    labels = torch.tensor(plan.labels)
+    report = evaluate_classes(images.cpu(), labels, plan.real, plan.real_labels, feature_classifier(dataset), plan.names, seed)
+    return report.to_dict()
 
 
 def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int = 0) -> dict:

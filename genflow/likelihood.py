@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor
@@ -21,6 +21,7 @@ from genflow.errors import GenflowError
 from genflow.processes import GaussianProcess, make_process
 from genflow.processes.base import Model
 from genflow.solvers import BoundModel
+from genflow.solvers.guidance import GuidedModel, as_labels
 
 EXACT_DIVERGENCE_MAX_DIMS = 64
 
@@ -52,6 +53,7 @@ def log_likelihood(
     atol: float = 1e-5,
     divergence: str = "auto",
     seed: int = 0,
+    labels: Tensor | Sequence[int] | int | None = None,
 ) -> Tensor:
     """``log p(x)`` in nats per sample, shape ``(B,)``, under the probability-flow ODE.
 
@@ -62,9 +64,12 @@ def log_likelihood(
         method: ``dopri5`` (adaptive, ``rtol``/``atol``) or ``heun`` (``steps`` fixed steps).
         divergence: ``exact``, ``hutchinson`` or ``auto`` (exact up to 64 dimensions).
         seed: for Hutchinson's probe.
+        labels: for a class-conditional ``model(x, t, labels)``: one class for every sample or
+            one per sample, giving ``log p(x | class)`` under the conditional model (guidance
+            1); ``None`` gives the unconditional model's ``log p(x)``, as in :func:`genflow.sample`.
     """
     process = make_process(process) if isinstance(process, str) else process
-    bound = BoundModel(model, process)
+    bound = BoundModel(conditioned(model, labels, x.shape[0]), process)
     dims = math.prod(x.shape[1:])
     if divergence == "auto":
         divergence = "exact" if dims <= EXACT_DIVERGENCE_MAX_DIMS else "hutchinson"
@@ -87,6 +92,17 @@ def log_likelihood(
     prior_std = process.prior_std
     log_prior = -0.5 * (x1.flatten(1) ** 2).sum(1) / prior_std**2 - dims * (math.log(prior_std) + 0.5 * math.log(2 * math.pi))
     return log_prior + integral
+
+
+def conditioned(model: Model, labels: Tensor | Sequence[int] | int | None, n: int) -> Model:
+    """``model`` given ``labels`` (checked as :func:`genflow.sample` checks them), or ``model``
+    itself when ``labels`` is ``None``."""
+    if labels is None:
+        return model
+    null = getattr(model, "null_label", None)
+    if null is None:
+        raise GenflowError("labels need a class-conditional model (one with a null_label); this model is unconditional")
+    return GuidedModel(model, as_labels(labels, n, null), null)
 
 
 def integrate(field: Callable, state: tuple[Tensor, Tensor], t0: float, method: str, steps: int, rtol: float, atol: float):

@@ -11,11 +11,15 @@
   replacement from all the real data, which is what a model that reproduces its training set
   exactly would get, and the fresh score is that of the ``n`` real images outside the
   reference. A score means little without them.
+- Per class, for class-conditional samples: class agreement (the share of samples of class
+  ``k`` that the classifier calls ``k``) and each class's Frechet distance against the real
+  images of that class, beside that class's own floor and fresh score (:func:`evaluate_classes`).
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -30,6 +34,7 @@ DIGITS_CLASSIFIER = ASSETS / "digits_classifier.safetensors"
 DIGITS_CLASSIFIER_CARD = ASSETS / "digits_classifier.json"
 NEIGHBOURS = 3  # k of the k-NN balls in precision and recall (Kynkaenniemi et al. 2019 use 3)
 MIN_SAMPLES = NEIGHBOURS + 1  # the k-th neighbour besides the point itself; KID and FD need only 2
+MIN_CLASS_SAMPLES = 2  # per class only FD is scored, and a covariance needs 2 points
 KID_SUBSETS = 50
 FLOOR_DRAWS = 10  # resampled sets averaged into the floor (KID splits its subsets between them)
 
@@ -74,11 +79,21 @@ def load_digits_classifier() -> DigitsClassifier:
 
 
 @torch.no_grad()
-def extract_features(classifier: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
-    """Float64 features of images in [-1, 1], computed in batches on the classifier's device."""
+def batched(classifier: nn.Module, function: Callable[[Tensor], Tensor], images: Tensor, batch_size: int = 512) -> Tensor:
+    """``function`` of images in [-1, 1], computed in batches on the classifier's device, on the CPU."""
     device = next(classifier.parameters()).device
-    chunks = [classifier.features(images[i : i + batch_size].to(device).float()) for i in range(0, len(images), batch_size)]
-    return torch.cat(chunks).double().cpu()
+    chunks = [function(images[i : i + batch_size].to(device).float()) for i in range(0, len(images), batch_size)]
+    return torch.cat(chunks).cpu()
+
+
+def extract_features(classifier: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+    """Float64 features of images in [-1, 1] (the classifier's ``features``)."""
+    return batched(classifier, classifier.features, images, batch_size).double()
+
+
+def classify(classifier: nn.Module, images: Tensor, batch_size: int = 512) -> Tensor:
+    """The class the classifier calls each image in [-1, 1]: the argmax of its logits."""
+    return batched(classifier, classifier, images, batch_size).argmax(dim=1)
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
@@ -182,6 +197,26 @@ def reference_and_fresh(count: int, n: int, seed: int = 0) -> tuple[Tensor, Tens
     return order[:n], order[n : 2 * n]
 
 
+@dataclass
+class Yardsticks:
+    """The features of a reference of ``n`` real images and of the ``n`` fresh real images
+    outside it, and the floor: FD and KID of ``n`` real images drawn with replacement from all
+    of them against that reference (:func:`resampled_floor`)."""
+
+    reference: Tensor
+    fresh: Tensor
+    fd_floor: float
+    kid_floor: float
+
+
+def yardsticks(real_f: Tensor, n: int, seed: int = 0) -> Yardsticks:
+    """The reference, the fresh real images and the floor for ``n`` samples, from the features
+    of all the real images."""
+    reference, fresh = reference_and_fresh(len(real_f), n, seed)
+    fd_floor, kid_floor = resampled_floor(real_f, real_f[reference], n, seed)
+    return Yardsticks(real_f[reference], real_f[fresh], fd_floor, kid_floor)
+
+
 def resampled_floor(real_f: Tensor, reference_f: Tensor, n: int, seed: int = 0) -> tuple[float, float]:
     """FD and KID against the reference of ``n`` features drawn with replacement from all the
     real ones, averaged over ``FLOOR_DRAWS`` draws (KID's ``KID_SUBSETS`` split between them).
@@ -211,20 +246,90 @@ def evaluate(samples: Tensor, real: Tensor, classifier: nn.Module, seed: int = 0
     the floor's KID has mean ``-(E k(x, x) - E k(x, x')) / len(real)`` < 0, since each drawn image
     is a reference image with probability ``1 / len(real)``."""
     n = len(samples)
-    reference, fresh = reference_and_fresh(len(real), n, seed)
-    real_f = extract_features(classifier, real)
-    fake_f, reference_f, fresh_f = extract_features(classifier, samples), real_f[reference], real_f[fresh]
-    fd_floor, kid_floor = resampled_floor(real_f, reference_f, n, seed)
-    precision, recall = precision_recall(reference_f, fake_f)
+    real_f, fake_f = extract_features(classifier, real), extract_features(classifier, samples)
+    sticks = yardsticks(real_f, n, seed)
+    precision, recall = precision_recall(sticks.reference, fake_f)
     return QualityReport(
         n=n,
-        fd=frechet_distance(fake_f, reference_f),
-        fd_floor=fd_floor,
-        fd_fresh=frechet_distance(fresh_f, reference_f),
-        kid=kernel_distance(fake_f, reference_f, seed=seed),
-        kid_floor=kid_floor,
-        kid_fresh=kernel_distance(fresh_f, reference_f, seed=seed),
+        fd=frechet_distance(fake_f, sticks.reference),
+        fd_floor=sticks.fd_floor,
+        fd_fresh=frechet_distance(sticks.fresh, sticks.reference),
+        kid=kernel_distance(fake_f, sticks.reference, seed=seed),
+        kid_floor=sticks.kid_floor,
+        kid_fresh=kernel_distance(sticks.fresh, sticks.reference, seed=seed),
         precision=precision,
         recall=recall,
         memorized=memorization(samples, real),
     )
+
+
+def check_class_counts(per_class: Mapping[str, int], real_counts: Mapping[str, int], name: str = "n") -> None:
+    """Refuse, before anything is sampled, per-class sample counts that per-class FD cannot use:
+    each class needs ``MIN_CLASS_SAMPLES`` samples (a covariance) and at most half its real
+    images (its reference and its fresh real images are disjoint). One message gives the
+    usable range of ``name`` for classes covered evenly."""
+    classes, fewest = len(per_class), min(real_counts.values())
+    low, high = MIN_CLASS_SAMPLES * classes, classes * (fewest // 2)
+    for label, count in per_class.items():
+        if not MIN_CLASS_SAMPLES <= count <= real_counts[label] // 2:
+            raise GenflowError(
+                f"{name} must be between {low} and {high} to score each of the {classes} classes: class {label} would get "
+                f"{count} samples, and per-class FD needs at least {MIN_CLASS_SAMPLES} and at most half of its "
+                f"{real_counts[label]} real images"
+            )
+
+
+@dataclass
+class ClassReport:
+    """Class-conditional samples scored class by class, keyed by class name: the share the
+    classifier calls by their class, and Frechet distance against the real images of their
+    class beside that class's floor and fresh score (see :func:`evaluate_classes`)."""
+
+    class_agreement: float
+    class_agreement_per_class: dict[str, float]
+    fd_per_class: dict[str, float]
+    fd_floor_per_class: dict[str, float]
+    fd_fresh_per_class: dict[str, float]
+
+    def to_dict(self) -> dict:
+        """The fields, and the mean over classes of each per-class FD (``fd_per_class_mean``, ...)."""
+        keys = ("fd_per_class", "fd_floor_per_class", "fd_fresh_per_class")
+        return asdict(self) | {f"{key}_mean": mean(getattr(self, key).values()) for key in keys}
+
+
+def mean(values: Iterable[float]) -> float:
+    """The arithmetic mean."""
+    values = list(values)
+    return sum(values) / len(values)
+
+
+def agreement(predicted: Tensor, labels: Tensor) -> float:
+    """The share of ``predicted`` equal to ``labels``."""
+    return float((predicted == labels).double().mean())
+
+
+def class_frechet(fake_f: Tensor, real_f: Tensor, seed: int = 0) -> tuple[float, float, float]:
+    """FD of one class's sample features, its floor and its fresh score, against a reference of
+    as many real images of that class (:func:`yardsticks` within the class)."""
+    sticks = yardsticks(real_f, len(fake_f), seed)
+    return frechet_distance(fake_f, sticks.reference), sticks.fd_floor, frechet_distance(sticks.fresh, sticks.reference)
+
+
+def evaluate_classes(
+    samples: Tensor, labels: Tensor, real: Tensor, real_labels: Tensor, classifier: nn.Module, names: Mapping[int, str],
+    seed: int = 0,
+) -> ClassReport:  # fmt: skip
+    """Per-class scores of ``samples`` made for ``labels``, for the classes in ``names`` (label
+    -> name; the classifier's class ``k`` must be label ``k``): class agreement, overall and per
+    class, and per class the Frechet distance of that class's ``n_k`` samples against ``n_k`` of
+    its real images, with the floor and fresh score measured the same way as :func:`evaluate`
+    does over all classes, but within the class. With few samples per class (``n_k`` below the
+    128 feature dimensions) FD is biased upwards, and its floor equally, so compare the two."""
+    predicted = classify(classifier, samples)
+    fake_f, real_f = extract_features(classifier, samples), extract_features(classifier, real)
+    agree, fd, floor, fresh = {}, {}, {}, {}
+    for label, name in names.items():
+        mine, theirs = labels == label, real_labels == label
+        agree[name] = agreement(predicted[mine], labels[mine])
+        fd[name], floor[name], fresh[name] = class_frechet(fake_f[mine], real_f[theirs], seed)
+    return ClassReport(agreement(predicted, labels), agree, fd, floor, fresh)
