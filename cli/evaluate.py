@@ -11,8 +11,11 @@ import typer
 from rich.table import Table
 
 from genflow.cli.core import (
+    ClassOption,
     DeviceOption,
     GridOption,
+    GuidanceIntervalOption,
+    GuidanceOption,
     RunArgument,
     SolverOption,
     app,
@@ -36,8 +39,13 @@ def evaluate(
     solver: SolverOption = None,
     steps: Annotated[int | None, typer.Option(help="Solver steps.")] = None,
     grid: GridOption = None,
-    n: Annotated[int, typer.Option("--n", help="Samples to score (at most half the real data).")] = 898,
+    n: Annotated[
+        int | None, typer.Option("--n", help="Samples to score (default and most: half the real data, or of each class).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Seed for samples and the real-data split.")] = 0,
+    class_spec: ClassOption = None,
+    guidance: GuidanceOption = 1.0,
+    guidance_interval: GuidanceIntervalOption = None,
     batch_size: Annotated[int | None, typer.Option(help="Samples per network call.")] = None,
     device: DeviceOption = "auto",
     nll: Annotated[
@@ -52,24 +60,39 @@ def evaluate(
 ) -> None:
     """Score a run's samples: Frechet distance and KID beside their real-data floors (training
     images resampled) and fresh real images' scores, precision, recall, memorization, and
-    optionally NLL in bits/dim. With --samples, score an .npz of uint8 NHWC images (arr_0) made
-    by any program instead."""
+    optionally NLL in bits/dim. A conditional run's samples cover its classes (or --class)
+    evenly at --guidance; they also get class agreement (the share the digits classifier calls
+    by their class) and each class's FD against that class's real images beside its floor.
+    With --samples, score an .npz of uint8 NHWC images (arr_0) made by any program instead."""
     check_counts(None if samples else n, nll_n if nll else None, nll_steps)
+    conditioning = {"classes": class_spec, "guidance": guidance, "guidance_interval": interval(guidance_interval)}
+    if samples is not None and (class_spec is not None or guidance != 1 or guidance_interval is not None):
+        raise GenflowError("--class, --guidance and --guidance-interval sample a conditional run; --samples scores a file")
     if samples is not None:
         result = {"samples": str(samples), **api.evaluate_samples_file(samples, dataset, seed)}
         title = f"{samples} ({result['n']} samples, {dataset})"
     else:
         loaded = api.load(run, device)
         result = {"run": str(loaded.path), "process": loaded.process.name}
-        result |= api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **(solver_options or {}))
+        result |= api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **conditioning, **(solver_options or {}))
         cost = describe_cost(result["solver"], result["steps"], result["grid"], result["nfe"])
-        title = f"{loaded.describe()} ({loaded.process.name}, {result['solver']}, {cost})"
+        guided = f", guidance {result['guidance']:g}" if "guidance" in result else ""
+        title = f"{loaded.describe()} ({loaded.process.name}, {result['solver']}, {cost}{guided})"
         if nll:
             result |= api.negative_log_likelihood(loaded, nll_n, seed, nll_steps)
     if as_json:
         print(json.dumps(result))
     else:
         print_scores(title, result)
+        if "fd_per_class" in result:
+            print_scores_per_class(result)
+
+
+def interval(spec: str | None) -> tuple[float, float]:
+    """``--guidance-interval LO,HI`` as two times; the whole of [0, 1] when not given."""
+    from genflow.solvers.guidance import FULL_INTERVAL, parse_interval
+
+    return FULL_INTERVAL if spec is None else parse_interval(spec)
 
 
 def check_counts(n: int | None, nll_n: int | None, nll_steps: int) -> None:
@@ -95,8 +118,25 @@ def print_scores(title: str, result: dict) -> None:
     table.add_row("KID", f"{result['kid']:.4f}", f"{result['kid_floor']:.4f}", f"{result['kid_fresh']:.4f}")
     table.add_row("precision / recall", f"{result['precision']:.3f} / {result['recall']:.3f}", "", "")
     table.add_row("memorized", f"{result['memorized']:.3f}", "", "~0.01")
+    if "class_agreement" in result:
+        table.add_row("class agreement", f"{result['class_agreement']:.3f}", "", "")
+        classes = len(result["fd_per_class"])
+        means = (result[f"{key}_per_class_mean"] for key in ("fd", "fd_floor", "fd_fresh"))
+        table.add_row(f"per-class FD (mean of {classes})", *(f"{value:.3f}" for value in means))
     if "nll_bits_per_dim" in result:
         table.add_row("NLL (bits/dim)", f"{result['nll_bits_per_dim']:.3f}", "", "")
+    out_console.print(table)
+
+
+def print_scores_per_class(result: dict) -> None:
+    """Class by class: the share of samples the classifier calls by their class, and FD against
+    that class's real images beside the class's floor and fresh real images."""
+    table = Table(title="per class")
+    for column in ("class", "agreement", "FD", "floor", "fresh"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for name, fd in result["fd_per_class"].items():
+        scores = (fd, result["fd_floor_per_class"][name], result["fd_fresh_per_class"][name])
+        table.add_row(name, f"{result['class_agreement_per_class'][name]:.3f}", *(f"{value:.3f}" for value in scores))
     out_console.print(table)
 
 

@@ -324,15 +324,29 @@ def check_fixed_steps(solver: str, steps: int | None) -> None:
         )
 
 
-def evaluate_run(loaded: LoadedRun, n: int, solver: str | None = None, steps: int | None = None, grid: str | None = None,
-                 seed: int = 0, batch_size: int | None = None, **solver_options: float) -> dict:  # fmt: skip
-    """Sample ``n`` images and score them against the real data, floors included; a count the
-    scores cannot use is refused before sampling."""
-    from genflow.metrics import check_sample_count
+def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = None, steps: int | None = None,
+                 grid: str | None = None, seed: int = 0, batch_size: int | None = None,
+                 classes: str | Sequence[int] | None = None, guidance: float = 1.0,
+                 guidance_interval: Sequence[float] = FULL_INTERVAL, **solver_options: float) -> dict:  # fmt: skip
+    """Sample ``n`` images and score them against the real data, floors included (``n``
+    defaults to the most the data allows). A conditional run's samples cover ``classes``
+    (``--class`` text or labels; default all) evenly at ``guidance``, and are scored against
+    the real images of those classes, with class agreement and per-class Frechet distance
+    beside per-class floors added (:func:`genflow.evaluation.plan_evaluation`). Classes or
+    guidance for an unconditional run, and counts the scores cannot use, are refused before
+    the real data is loaded or anything sampled."""
+    from genflow.evaluation import class_scores, plan_evaluation
 
+    conditional = loaded.classes is not None
+    labelled = [] if conditional or classes is not None else None  # eval labels every sample of a conditional run
+    check_conditioning(loaded, labelled, guidance, guidance_interval)
     feature_classifier(loaded.config["train"]["dataset"])  # refuses a dataset without one before loading or sampling
-    dataset, real = run_dataset(loaded)
-    check_sample_count(n, len(real))
-    images, stats = sample_run(loaded, n, solver, steps, grid, seed, batch_size, **solver_options)
-    return {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
-            "seconds": round(stats.seconds, 4), **score(images, real, dataset, seed)}  # fmt: skip
+    dataset, data = run_dataset(loaded)
+    plan = plan_evaluation(data, loaded.classes, n, classes)
+    images, stats = sample_run(loaded, plan.n, solver, steps, grid, seed, batch_size, plan.labels, guidance, guidance_interval,
+                               **solver_options)  # fmt: skip
+    result = {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
+              "seconds": round(stats.seconds, 4), **score(images, plan.real, dataset, seed)}  # fmt: skip
+    if conditional:
+        result |= {"guidance": guidance, "guidance_interval": list(guidance_interval)} | class_scores(images, plan, dataset, seed)
+    return result

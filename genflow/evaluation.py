@@ -43,16 +43,11 @@ def score(images: Tensor, real: Tensor, dataset: str, seed: int = 0) -> dict[str
     return evaluate(images.cpu(), real, feature_classifier(dataset), seed=seed).to_dict()
 
 
-def run_dataset(loaded: LoadedRun) -> tuple[str, Tensor]:
-    """The name and images of the data a run was trained on."""
+def run_dataset(loaded: LoadedRun) -> tuple[str, Dataset]:
+    """The name of the data a run was trained on, and the data: its images, and its labels
+    where it has them."""
     train = loaded.config["train"]
-    return train["dataset"], load_dataset(train["dataset"], train.get("data_dir"))
-
-
-def run_labelled_dataset(loaded: LoadedRun) -> Dataset:
-    """The data a run was trained on, with its labels where it has them."""
-    train = loaded.config["train"]
-    return load_labelled_dataset(train["dataset"], train.get("data_dir"))
+    return train["dataset"], load_labelled_dataset(train["dataset"], train.get("data_dir"))
 
 
 @dataclass
@@ -87,8 +82,9 @@ def plan_evaluation(
     real_counts = {names[label]: int((data.labels == label).sum()) for label in chosen}
     n = len(chosen) * (min(real_counts.values()) // 2) if n is None else n
     labels = [chosen[i] for i in balanced_labels(n, len(chosen))]
-    check_class_counts({names[label]: labels.count(label) for label in chosen}, real_counts)
     keep = torch.isin(data.labels, torch.tensor(chosen))
+    check_sample_count(n, int(keep.sum()))
+    check_class_counts({names[label]: labels.count(label) for label in chosen}, real_counts)
     return EvalPlan(n, labels, data.images[keep], data.labels[keep], names)
 
 
@@ -97,6 +93,8 @@ def chosen_classes(class_names: Sequence[str], classes: str | Sequence[int] | No
     if classes is None:
         return list(range(len(class_names)))
     labels = parse_classes(classes, class_names) if isinstance(classes, str) else [int(k) for k in classes]
+    if not labels or not all(0 <= k < len(class_names) for k in labels):
+        raise GenflowError(f"classes must be labels 0..{len(class_names) - 1} of this run, not {list(classes)!r:.80}")
     return list(dict.fromkeys(labels))
 
 
@@ -115,7 +113,8 @@ def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int
     adaptive dopri5 when ``steps`` is 0, else ``steps`` Heun steps."""
     from genflow.likelihood import bits_per_dim, dequantize, log_likelihood
 
-    dataset, real = run_dataset(loaded)
+    dataset, data = run_dataset(loaded)
+    real = data.images
     levels = 17 if dataset == "digits" else 256
     generator = torch.Generator().manual_seed(seed)
     chosen = real[torch.randperm(len(real), generator=generator)[:n]]

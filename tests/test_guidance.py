@@ -64,16 +64,15 @@ def classwise_distance(samples: torch.Tensor, reference: torch.Tensor, labels: t
 
 
 @pytest.fixture(scope="module")
-def classwise_floor() -> float:
-    """Mean classwise distance between independent draws of the same components: the floor."""
-    blobs = four_blobs()
-    pairs = [(2 * s, 2 * s + 1) for s in range(5)]
-    distances = [classwise_distance(component_draws(blobs, BLOB_LABELS, a), component_draws(blobs, BLOB_LABELS, b), BLOB_LABELS) for a, b in pairs]
-    return float(np.mean(distances))
+def floors() -> dict[str, float]:
+    """Mean classwise distance between independent draws of each reference: the floors."""
+    blobs, seeds = four_blobs(), [(2 * s, 2 * s + 1) for s in range(5)]
+    floor = lambda draws: float(np.mean([classwise_distance(draws(blobs, BLOB_LABELS, a), draws(blobs, BLOB_LABELS, b), BLOB_LABELS) for a, b in seeds]))
+    return {"own": floor(component_draws), "whole": floor(mixture_draws)}
 
 
 @pytest.mark.parametrize("solver", SOLVERS.names())
-def test_guidance_one_samples_each_class_and_zero_the_mixture(process, solver, classwise_floor):
+def test_guidance_one_samples_each_class_and_zero_the_mixture(process, solver, floors):
     blobs = four_blobs()
     model = blobs.exact_model(process)
     if refused(process, solver):
@@ -83,12 +82,12 @@ def test_guidance_one_samples_each_class_and_zero_the_mixture(process, solver, c
     )
     conditional, unconditional = draw(1.0), draw(0.0)
     own, whole = component_draws(blobs, BLOB_LABELS, 100), mixture_draws(blobs, BLOB_LABELS, 101)
-    assert classwise_distance(conditional, own, BLOB_LABELS) < 3 * classwise_floor
-    assert classwise_distance(unconditional, whole, BLOB_LABELS) < 3 * classwise_floor
+    assert classwise_distance(conditional, own, BLOB_LABELS) < 3 * floors["own"]
+    assert classwise_distance(unconditional, whole, BLOB_LABELS) < 3 * floors["whole"]
     # controls: class k against the next class's component, and guidance 0 against the classes
     neighbour = component_draws(blobs, (BLOB_LABELS + 1) % 4, 100)
-    assert classwise_distance(conditional, neighbour, BLOB_LABELS) > 100 * classwise_floor
-    assert classwise_distance(unconditional, own, BLOB_LABELS) > 100 * classwise_floor
+    assert classwise_distance(conditional, neighbour, BLOB_LABELS) > 100 * floors["own"]
+    assert classwise_distance(unconditional, own, BLOB_LABELS) > 100 * floors["whole"]
 
 
 # --- guidance S moves a Gaussian class to (1 - S) mu_u + S mu_a ----------------------------
@@ -243,7 +242,12 @@ def test_label_dropout_replaces_labels_by_the_null_label_at_its_rate(rate):
 def test_the_loss_shows_the_model_dropped_labels_and_couples_by_true_ones(monkeypatch):
     """The model sees the dropped labels; minibatch OT pairs within the true classes."""
     seen, couple = {}, CNF.couple
-    monkeypatch.setattr(CNF, "couple", lambda self, x0, eps, groups=None: seen.setdefault("groups", groups) is None or couple(self, x0, eps, groups))
+
+    def recording_couple(self, x0, eps, groups=None):
+        seen["groups"] = groups
+        return couple(self, x0, eps, groups)
+
+    monkeypatch.setattr(CNF, "couple", recording_couple)
 
     def model(x, t, labels):
         seen["labels"] = labels
