@@ -1,19 +1,25 @@
-"""Quality against cost: every run x solver x steps with the same seeds, as a table and a plot."""
+"""Quality against cost: every run x solver x guidance x steps with the same seeds, as a table
+and a plot; guidance (and class agreement) only for class-conditional runs."""
 
 from __future__ import annotations
 
 import csv
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TextIO, TypeVar
+from typing import TYPE_CHECKING, TextIO, TypeVar
 
 import genflow
 from genflow import api
 from genflow.errors import GenflowError, IncompatibleError
+from genflow.solvers.guidance import check_guidance
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
 
 T = TypeVar("T")
-COLUMNS = ("run", "process", "solver", "grid", "steps", "nfe", "seconds", "fd", "fd_floor", "kid", "kid_floor", "precision", "recall")
+COLUMNS = ("run", "process", "solver", "grid", "steps", "nfe", "seconds", "fd", "fd_floor", "kid", "kid_floor", "precision", "recall",
+           "guidance", "class_agreement")  # fmt: skip
 
 
 def parse_list(text: str, kind: Callable[[str], T]) -> list[T]:
@@ -27,29 +33,63 @@ def parse_list(text: str, kind: Callable[[str], T]) -> list[T]:
     return values
 
 
-def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str | None, n: int, seed: int, device: str,
-              out: Path, overwrite: bool, progress: TextIO | None = None) -> list[dict]:  # fmt: skip
-    """Evaluate every combination; solvers a process cannot use are reported and skipped."""
+def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str | None, n: int | None, seed: int, device: str,
+              out: Path, overwrite: bool, progress: TextIO | None = None, guidances: Sequence[float] = (1.0,)) -> list[dict]:  # fmt: skip
+    """Evaluate every combination (``n`` None: the most the data allows, per run); solvers a
+    process cannot use, and guidance other than 1 for an unconditional run, are reported and
+    skipped."""
     targets = [out / name for name in ("sweep.csv", "sweep.jsonl", "sweep.png")]
     if any(t.exists() for t in targets) and not overwrite:
         raise GenflowError(f"{out} already holds a sweep; choose another --out or pass --overwrite")
+    for guidance in guidances:
+        check_guidance(guidance)
     loaded_runs = [api.load(run, device) for run in runs]  # every run validated before any work
     rows = []
     for loaded in loaded_runs:
+        usable = usable_guidances(loaded, guidances, progress)
         for solver in solvers:
-            spec = genflow.SOLVERS.get(solver)
-            for count in dict.fromkeys(spec.fixed_steps(k) for k in steps):  # an adaptive solver once, at its own steps
-                try:
-                    result = api.evaluate_run(loaded, n, solver, count, grid, seed)
-                except IncompatibleError as error:
-                    note(progress, f"skipped {loaded.path} / {solver}: {error}")
-                    break
-                row = {"run": str(loaded.path), "process": loaded.process.name, **result}
-                rows.append({k: row[k] for k in COLUMNS})
-                note(progress, f"{loaded.path} {solver} steps={count or 'adaptive'} NFE={row['nfe']:g} FD={row['fd']:.3f} (floor {row['fd_floor']:.3f})")
+            rows += sweep_solver(loaded, solver, usable, steps, grid, n, seed, progress)
     write_table(rows, out)
     plot(rows, out / "sweep.png")
     return rows
+
+
+def usable_guidances(loaded: api.LoadedRun, guidances: Sequence[float], progress: TextIO | None) -> list[float]:
+    """The guidance scales a run can sample: all for a conditional run, only 1 for an
+    unconditional one (the others reported as skipped)."""
+    if loaded.classes is not None:
+        return list(guidances)
+    skipped = [g for g in guidances if g != 1]
+    if skipped:
+        note(progress, f"skipped {loaded.path} / guidance {', '.join(f'{g:g}' for g in skipped)}: the run is unconditional")
+    return [1.0] if len(skipped) < len(guidances) else []
+
+
+def sweep_solver(loaded: api.LoadedRun, solver: str, guidances: Sequence[float], steps: list[int], grid: str | None,
+                 n: int | None, seed: int, progress: TextIO | None) -> list[dict]:  # fmt: skip
+    """The rows of one run and solver at every guidance and step count; none, with a note, when
+    the run's process cannot use the solver. An adaptive solver runs once, at its own steps."""
+    counts = dict.fromkeys(genflow.SOLVERS.get(solver).fixed_steps(k) for k in steps)
+    rows = []
+    for guidance in guidances:
+        for count in counts:
+            try:
+                result = api.evaluate_run(loaded, n, solver, count, grid, seed, guidance=guidance)
+            except IncompatibleError as error:
+                note(progress, f"skipped {loaded.path} / {solver}: {error}")
+                return []
+            row = {"run": str(loaded.path), "process": loaded.process.name, **result, "guidance": guidance}
+            rows.append({k: row.get(k) for k in COLUMNS})
+            note(progress, describe_point(rows[-1], count))
+    return rows
+
+
+def describe_point(row: dict, steps: int | None) -> str:
+    """One progress line: the point (``steps`` None: an adaptive solver) and its scores."""
+    guided = "" if row["class_agreement"] is None else f" guidance={row['guidance']:g}"
+    agreement = "" if row["class_agreement"] is None else f" agreement={row['class_agreement']:.3f}"
+    return (f"{row['run']} {row['solver']}{guided} steps={steps or 'adaptive'} NFE={row['nfe']:g} "
+            f"FD={row['fd']:.3f} (floor {row['fd_floor']:.3f}){agreement}")  # fmt: skip
 
 
 def note(stream: TextIO | None, message: str) -> None:
@@ -67,21 +107,33 @@ def write_table(rows: list[dict], out: Path) -> None:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    """Frechet distance against NFE on log axes, one line per run x solver, the floor dashed."""
+    """Frechet distance against NFE on log axes, one line per run x solver x guidance, the floor
+    dashed; beside it, where a run is conditional, class agreement against NFE."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axes = plt.subplots(figsize=(7, 4.5))
-    for run, solver in dict.fromkeys((r["run"], r["solver"]) for r in rows):
-        points = sorted((r["nfe"], r["fd"]) for r in rows if r["run"] == run and r["solver"] == solver)
-        process = next(r["process"] for r in rows if r["run"] == run)
-        axes.plot(*zip(*points, strict=True), marker="o", label=f"{process} ({Path(run).name}) / {solver}")
+    conditional = [r for r in rows if r["class_agreement"] is not None]
+    figure, panels = plt.subplots(1, 2 if conditional else 1, figsize=(12 if conditional else 7, 4.5), squeeze=False)
+    fd_axes = panels[0][0]
+    draw_lines(fd_axes, rows, "fd")
     if rows:
-        axes.axhline(rows[0]["fd_floor"], color="grey", linestyle="--", label="floor (training images resampled)")
-    axes.set(xscale="log", yscale="log", xlabel="NFE", ylabel="Frechet distance (classifier features)")
-    axes.legend(fontsize=7)
+        fd_axes.axhline(rows[0]["fd_floor"], color="grey", linestyle="--", label="floor (training images resampled)")
+    fd_axes.set(xscale="log", yscale="log", xlabel="NFE", ylabel="Frechet distance (classifier features)")
+    fd_axes.legend(fontsize=7)
+    if conditional:
+        draw_lines(panels[0][1], conditional, "class_agreement")
+        panels[0][1].set(xscale="log", ylim=(0, 1.02), xlabel="NFE", ylabel="class agreement (classifier calls the class)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def draw_lines(axes: Axes, rows: list[dict], key: str) -> None:
+    """``key`` against NFE, one line per run x solver x guidance (guidance named for conditional runs)."""
+    for run, solver, guidance in dict.fromkeys((r["run"], r["solver"], r["guidance"]) for r in rows):
+        line = [r for r in rows if (r["run"], r["solver"], r["guidance"]) == (run, solver, guidance)]
+        guided = "" if line[0]["class_agreement"] is None else f", guidance {guidance:g}"
+        points = sorted((r["nfe"], r[key]) for r in line)
+        axes.plot(*zip(*points, strict=True), marker="o", label=f"{line[0]['process']} ({Path(run).name}) / {solver}{guided}")

@@ -36,12 +36,23 @@ def identity(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
     values = config.to_dict()
     keys = {"process": config.process}
     keys |= {f"process option {k}": v for k, v in config.process_options.items()}
-    keys |= {f"model.{k}": v for k, v in config.model.items()}
+    keys |= {f"model.{k}": v for k, v in backbone_with_defaults(config.model).items()}
     keys |= {k: v for k, v in values.items() if k not in RESUMABLE | set(RECORDED_APART)}
     for key, name in (("sha256", "data sha256"), ("labels_sha256", "labels sha256")):
         if data.get(key):
             keys[name] = data[key][:16]
     return keys
+
+
+def backbone_with_defaults(model: dict[str, Any]) -> dict[str, Any]:
+    """A run's backbone config with the keys it predates at their defaults (``num_classes`` 0),
+    so that an older run compares equal to itself resumed today."""
+    from genflow.nn.unet import UNetConfig
+
+    try:
+        return UNetConfig.from_dict(model).to_dict()
+    except GenflowError:
+        return model  # the refusal then names the key that differs
 
 
 def check_same_run(saved: dict[str, Any], resumed: dict[str, Any]) -> None:
