@@ -21,7 +21,7 @@ from genflow.errors import GenflowError
 from genflow.processes import GaussianProcess, make_process
 from genflow.processes.base import Model
 from genflow.solvers import BoundModel
-from genflow.solvers.guidance import GuidedModel, as_labels
+from genflow.solvers.guidance import conditioning
 
 EXACT_DIVERGENCE_MAX_DIMS = 64
 
@@ -69,7 +69,7 @@ def log_likelihood(
             1); ``None`` gives the unconditional model's ``log p(x)``, as in :func:`genflow.sample`.
     """
     process = make_process(process) if isinstance(process, str) else process
-    bound = BoundModel(conditioned(model, labels, x.shape[0]), process)
+    bound = BoundModel(conditioning(model, labels, x.shape[0])(0, x.shape[0]), process)
     dims = math.prod(x.shape[1:])
     if divergence == "auto":
         divergence = "exact" if dims <= EXACT_DIVERGENCE_MAX_DIMS else "hutchinson"
@@ -92,17 +92,6 @@ def log_likelihood(
     prior_std = process.prior_std
     log_prior = -0.5 * (x1.flatten(1) ** 2).sum(1) / prior_std**2 - dims * (math.log(prior_std) + 0.5 * math.log(2 * math.pi))
     return log_prior + integral
-
-
-def conditioned(model: Model, labels: Tensor | Sequence[int] | int | None, n: int) -> Model:
-    """``model`` given ``labels`` (checked as :func:`genflow.sample` checks them), or ``model``
-    itself when ``labels`` is ``None``."""
-    if labels is None:
-        return model
-    null = getattr(model, "null_label", None)
-    if null is None:
-        raise GenflowError("labels need a class-conditional model (one with a null_label); this model is unconditional")
-    return GuidedModel(model, as_labels(labels, n, null), null)
 
 
 def integrate(field: Callable, state: tuple[Tensor, Tensor], t0: float, method: str, steps: int, rtol: float, atol: float):

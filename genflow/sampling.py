@@ -13,7 +13,7 @@ from genflow.errors import GenflowError
 from genflow.processes import GaussianProcess, make_process
 from genflow.processes.base import Model
 from genflow.solvers import SOLVERS, BoundModel, NoiseSource, SolverSpec
-from genflow.solvers.guidance import FULL_INTERVAL, GuidedModel, as_labels, check_guidance
+from genflow.solvers.guidance import FULL_INTERVAL, conditioning
 from genflow.timesteps import check_grid, make_grid
 
 DEFAULT_STEPS = 20
@@ -86,7 +86,7 @@ def sample(
     times, grid_name = _time_grid(process, spec, grid, steps)
     n = _check_shape(shape)
     seeds = _per_sample_seeds(seed, n)
-    conditioned = _conditioning(model, labels, n, guidance, guidance_interval)
+    conditioned = conditioning(model, labels, n, guidance, guidance_interval)
     batch_size = n if batch_size is None else batch_size
     if batch_size < 1:
         raise GenflowError(f"batch_size must be >= 1, not {batch_size}")
@@ -115,21 +115,6 @@ def _per_sample_seeds(seed: int | Sequence[int], n: int) -> list[int]:
     if len(seeds) != n:
         raise GenflowError(f"give one seed, or one per sample ({n}), not {len(seeds)}")
     return seeds
-
-
-def _conditioning(model: Model, labels, n: int, guidance: float, interval: Sequence[float]):
-    """``conditioned(start, stop)``: the model to sample samples ``start:stop`` with, their
-    labels and the guidance fixed (the model itself when it is sampled without labels)."""
-    check_guidance(guidance, interval)
-    if labels is None:
-        if guidance != 1:
-            raise GenflowError("guidance needs labels: give the classes to guide towards")
-        return lambda start, stop: model
-    null = getattr(model, "null_label", None)
-    if null is None:
-        raise GenflowError("labels need a class-conditional model (one with a null_label); this model is unconditional")
-    per_sample = as_labels(labels, n, null)
-    return lambda start, stop: GuidedModel(model, per_sample[start:stop], null, guidance, interval)
 
 
 def _sample_batch(bound: BoundModel, spec: SolverSpec, times: Tensor, noise: NoiseSource, sample_shape, options) -> Tensor:

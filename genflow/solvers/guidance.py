@@ -74,7 +74,8 @@ class GuidedModel:
     def guides(self, t: float) -> bool:
         """Whether the guided combination (both halves) is computed at ``t``."""
         lo, hi = self.interval
-        return self.scale not in (0.0, 1.0) and lo <= t <= hi
+        everywhere = self.interval == FULL_INTERVAL  # also at a solver's times a rounding outside [0, 1]
+        return self.scale not in (0.0, 1.0) and (everywhere or lo <= t <= hi)
 
     def backbone_evaluations(self, t: float) -> int:
         return 2 if self.guides(t) else 1
@@ -152,3 +153,25 @@ def parse_interval(spec: str) -> tuple[float, float]:
     except ValueError:
         raise GenflowError(f"--guidance-interval takes two times LO,HI such as 0.1,0.8, not {spec!r}") from None
     return check_guidance(1.0, values)
+
+
+def conditioning(
+    model: ConditionalModel,
+    labels: int | Sequence[int] | Tensor | None,
+    n: int,
+    guidance: float = 1.0,
+    interval: Sequence[float] = FULL_INTERVAL,
+) -> Callable[[int, int], Callable]:
+    """``conditioned(start, stop)``: the model for samples ``start:stop`` of ``n``, with their
+    labels and the guidance fixed (``model`` itself when sampled without labels). Labels, the
+    guidance and the interval are checked here, before the model is ever called."""
+    check_guidance(guidance, interval)
+    if labels is None:
+        if guidance != 1:
+            raise GenflowError("guidance needs labels: give the classes to guide towards")
+        return lambda start, stop: model
+    null = getattr(model, "null_label", None)
+    if null is None:
+        raise GenflowError("labels need a class-conditional model (one with a null_label); this model is unconditional")
+    per_sample = as_labels(labels, n, null)
+    return lambda start, stop: GuidedModel(model, per_sample[start:stop], null, guidance, interval)
