@@ -26,11 +26,31 @@ from genflow.timesteps import make_grid
 from genflow.toy import GaussianMixture
 from genflow.train.objective import DenoisingObjective
 
-N_SAMPLES = 1000
-STEPS = 100
-"""Per class (250 samples) the floor is 4x test_solvers', which absorbs the 3.5% spread that
-first-order solvers on VE lose at 100 steps; test_solvers checks discretization itself."""
-BLOB_LABELS = torch.arange(N_SAMPLES) % 4
+N_SAMPLES = 400
+STEPS = 20
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These tensors hold a few thousand numbers: a second intra-op thread only adds wake-ups
+    (3x slower on two busy cores), so the module runs single-threaded and then restores."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+ADAPTIVE_TOLERANCE = 1e-3
+"""dopri5's rtol and atol here: far finer than these sample sizes resolve."""
+
+
+def budget(process, solver: str, steps: int = STEPS) -> dict:
+    """Steps and options: ``steps``, except that an adaptive solver picks its own, and Euler on
+    VE (sigma 50 -> 0.01) takes 100: it loses 3.5% of the spread even there (discretization,
+    which test_solvers bounds)."""
+    if SOLVERS.get(solver).adaptive:
+        return {"rtol": ADAPTIVE_TOLERANCE, "atol": ADAPTIVE_TOLERANCE}
+    return {"steps": 100 if (solver, getattr(process, "sde", None)) == ("euler", "ve") else steps}
 
 
 def refused(process, solver: str) -> bool:
@@ -41,10 +61,12 @@ def refused(process, solver: str) -> bool:
 
 def expect_refusal(model, process, solver: str, **conditioning) -> None:
     with pytest.raises(IncompatibleError, match="use 'ancestral'"):
-        genflow.sample(model, process, solver=solver, steps=STEPS, shape=(N_SAMPLES, 2), **conditioning)
+        genflow.sample(model, process, solver=solver, shape=(4, 2), **conditioning)
 
 
 # --- guidance 1 samples each class's component, guidance 0 the whole mixture -------------
+
+BLOB_LABELS = torch.arange(N_SAMPLES) % 4
 
 
 def component_draws(mixture: GaussianMixture, labels: torch.Tensor, seed: int) -> torch.Tensor:
@@ -73,65 +95,80 @@ def floors() -> dict[str, float]:
 
 @pytest.mark.parametrize("solver", SOLVERS.names())
 def test_guidance_one_samples_each_class_and_zero_the_mixture(process, solver, floors):
+    """4x the floor: single draws reach 2x it, and 20 steps add up to about 1x more (subvp
+    with euler-maruyama); the controls sit over 30x above it."""
     blobs = four_blobs()
     model = blobs.exact_model(process)
     if refused(process, solver):
-        return expect_refusal(model, process, solver, labels=BLOB_LABELS, guidance=0.0)
+        return expect_refusal(model, process, solver, labels=BLOB_LABELS[:4], guidance=0.0)
     draw = lambda guidance: genflow.sample(
-        model, process, solver=solver, steps=STEPS, shape=(N_SAMPLES, 2), seed=0, labels=BLOB_LABELS, guidance=guidance
+        model, process, solver=solver, shape=(N_SAMPLES, 2), labels=BLOB_LABELS, guidance=guidance, **budget(process, solver)
     )
     conditional, unconditional = draw(1.0), draw(0.0)
     own, whole = component_draws(blobs, BLOB_LABELS, 100), mixture_draws(blobs, BLOB_LABELS, 101)
-    assert classwise_distance(conditional, own, BLOB_LABELS) < 3 * floors["own"]
-    assert classwise_distance(unconditional, whole, BLOB_LABELS) < 3 * floors["whole"]
+    assert classwise_distance(conditional, own, BLOB_LABELS) < 4 * floors["own"]
+    assert classwise_distance(unconditional, whole, BLOB_LABELS) < 4 * floors["whole"]
     # controls: class k against the next class's component, and guidance 0 against the classes
     neighbour = component_draws(blobs, (BLOB_LABELS + 1) % 4, 100)
     assert classwise_distance(conditional, neighbour, BLOB_LABELS) > 100 * floors["own"]
-    assert classwise_distance(unconditional, own, BLOB_LABELS) > 100 * floors["whole"]
+    assert classwise_distance(unconditional, own, BLOB_LABELS) > 30 * floors["whole"]
 
 
 # --- guidance S moves a Gaussian class to (1 - S) mu_u + S mu_a ----------------------------
 
 MEAN_CLASS, MEAN_NULL, STD = (1.0, 0.5), (0.5, 0.0), 0.5
-GUIDED_SAMPLES = 2000
+FIRST_ORDER = ("euler", "ddim", "ancestral")
+"""At 25 steps these miss the spread by up to 11% (ancestral on linear ddpm; Euler on VE far
+more): discretization, which test_solvers bounds at 200 steps."""
 
 
-class TwoGaussians:
-    """Exact class-conditional model: class 0 is N(mu_a, s^2 I); the null label 1 is N(mu_u, s^2 I)."""
-
-    null_label = 1
-
-    def __init__(self, process) -> None:
-        self.cond = GaussianMixture([MEAN_CLASS], STD).exact_model(process)
-        self.uncond = GaussianMixture([MEAN_NULL], STD).exact_model(process)
-
-    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        is_class = (labels == 0).reshape(-1, *(1,) * (x.ndim - 1))
-        return torch.where(is_class, self.cond(x, t), self.uncond(x, t))
+def two_gaussians(process):
+    """Exact class-conditional model: class 0 is N(mu_a, s^2 I), the null label 1 is
+    N(mu_u, s^2 I) (the two components of a mixture, each picked by its label)."""
+    model = GaussianMixture([MEAN_CLASS, MEAN_NULL], STD).exact_model(process)
+    conditional = lambda x, t, labels: model(x, t, labels)
+    conditional.null_label = 1
+    return conditional
 
 
 def guided_mean(scale: float) -> torch.Tensor:
+    """``(1 - S) mu_u + S mu_a``."""
     return (1 - scale) * torch.tensor(MEAN_NULL, dtype=torch.float64) + scale * torch.tensor(MEAN_CLASS, dtype=torch.float64)
 
 
-@pytest.mark.parametrize("scale", [3.0, 0.5])
+@pytest.mark.parametrize("scale", [0.0, 0.5, 1.0, 3.0, 7.5])
+def test_a_guided_gaussian_class_is_the_gaussian_at_the_guided_mean(process, scale):
+    """The identity itself, at every time and in every parameterization."""
+    x = 3 * torch.randn(64, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    guided = GuidedModel(two_gaussians(process), torch.zeros(64, dtype=torch.long), 1, scale)
+    closed_form = GaussianMixture([guided_mean(scale).tolist()], STD).exact_model(process)
+    for t in np.linspace(process.t_min, 1, 9):
+        time = torch.full((64,), float(t), dtype=torch.float64)
+        torch.testing.assert_close(guided(x, time), closed_form(x, time), rtol=1e-9, atol=1e-9)
+
+
 @pytest.mark.parametrize("solver", SOLVERS.names())
-def test_guidance_moves_a_gaussian_class_as_the_closed_form_says(process, solver, scale):
-    model = TwoGaussians(process)
+def test_guidance_moves_a_gaussian_class_as_the_closed_form_says(process, solver):
+    """Samples at guidance S have mean (1 - S) mu_u + S mu_a and std s (4 standard errors,
+    s / sqrt(n) and s / sqrt(2n)); with the same seeds the runs at S = 3 and S = 0.5 are one
+    translate of the other, by 2.5 (mu_a - mu_u) up to discretization (at most 0.04 here)."""
+    model = two_gaussians(process)
     if refused(process, solver):
-        return expect_refusal(model, process, solver, labels=0, guidance=scale)
-    draw = lambda m, **labels: genflow.sample(
-        m, process, solver=solver, steps=STEPS, shape=(GUIDED_SAMPLES, 2), seed=0, dtype=torch.float64, **labels
-    )
-    guided = draw(model, labels=0, guidance=scale)
-    # step by step the guided model is the exact model of N(mean_S, s^2 I): the same samples
-    closed_form = draw(GaussianMixture([guided_mean(scale).tolist()], STD).exact_model(process))
-    torch.testing.assert_close(guided, closed_form, rtol=1e-9, atol=1e-9)
-    # and they have its moments: 4 standard errors s / sqrt(n) and 1 / sqrt(2n) (relative)
-    # plus the 3.5% spread first-order solvers lose on VE at 100 steps
-    assert (guided.mean(0) - guided_mean(scale)).abs().max() < 4 * STD / math.sqrt(GUIDED_SAMPLES)
-    assert (guided.std(0) / STD - 1).abs().max() < 4 / math.sqrt(2 * GUIDED_SAMPLES) + 0.035
-    assert (guided.mean(0) - torch.tensor(MEAN_CLASS)).abs().max() > 0.2  # control: not the class itself
+        return expect_refusal(model, process, solver, labels=0, guidance=3.0)
+    runs = {
+        scale: genflow.sample(
+            model, process, solver=solver, shape=(N_SAMPLES, 2), labels=0, guidance=scale, dtype=torch.float64, **budget(process, solver, 25)
+        )
+        for scale in (3.0, 0.5)
+    }
+    for scale, samples in runs.items():
+        assert (samples.mean(0) - guided_mean(scale)).abs().max() < 4 * STD / math.sqrt(N_SAMPLES), scale
+        if solver not in FIRST_ORDER:
+            assert (samples.std(0) / STD - 1).abs().max() < 4 / math.sqrt(2 * N_SAMPLES), scale
+    shift = runs[3.0] - runs[0.5]
+    assert (shift.mean(0) - (guided_mean(3.0) - guided_mean(0.5))).abs().max() < 0.05
+    same_spread = 10 * ADAPTIVE_TOLERANCE if SOLVERS.get(solver).adaptive else 1e-9  # its steps follow the field
+    assert shift.std(0).max() < same_spread
 
 
 # --- each sample depends only on its label and its seed -----------------------------------
@@ -141,7 +178,15 @@ def guided_draws(labels, seed, batch_size=None, solver="euler-maruyama") -> torc
     process = make_process("sde")
     model = four_blobs().exact_model(process)
     return genflow.sample(
-        model, process, solver=solver, steps=12, shape=(len(labels), 2), labels=labels, seed=seed, guidance=2.0, batch_size=batch_size
+        model,
+        process,
+        solver=solver,
+        steps=12,
+        shape=(len(labels), 2),
+        labels=labels,
+        seed=seed,
+        guidance=2.0,
+        batch_size=batch_size,
     )
 
 
@@ -177,7 +222,9 @@ def recorded_sampling(solver: str, batch: int = 3, **conditioning) -> tuple[floa
     """NFE and calls for 2 batches of ``batch`` samples on VP (which every solver serves)."""
     process = make_process("sde")
     recorder, stats = CallRecorder(four_blobs().exact_model(process)), genflow.SamplingStats()
-    genflow.sample(recorder, process, solver=solver, steps=10, shape=(2 * batch, 2), batch_size=batch, stats=stats, **conditioning)
+    genflow.sample(
+        recorder, process, solver=solver, shape=(2 * batch, 2), batch_size=batch, stats=stats, **budget(process, solver, 10), **conditioning
+    )
     return stats.nfe, recorder
 
 
@@ -189,10 +236,22 @@ def test_nfe_counts_both_halves_of_a_guided_step(solver):
     assert unguided == len(plain.calls) / 2 and {rows for rows, _ in plain.calls} == {3}
     for scale, rows in ((1.0, 3), (0.0, 3), (2.0, 6)):
         nfe, recorder = recorded_sampling(solver, labels=[0, 1, 2, 3, 0, 1], guidance=scale)
-        assert {r for r, _ in recorder.calls} == {rows}
+        assert {r for r, t in recorder.calls if 0 <= t <= 1} == {rows}  # dopri5 strays outside: see below
         assert nfe == sum(r for r, _ in recorder.calls) / 6
         if not SOLVERS.get(solver).adaptive:  # adaptive step choice depends on the field
             assert len(recorder.calls) == len(plain.calls) and nfe == unguided * rows / 3
+
+
+@pytest.mark.xfail(strict=True, reason="torchdiffeq probes t0 + h0 for its first step and, once a step lands exactly on "
+                   "a step_t time, stops honouring the rest, stepping past t_min and interpolating back")
+def test_dopri5_evaluates_the_model_only_inside_its_grid():
+    """A guided model guides only inside [0, 1]; dopri5 calls it outside (VP: at t = -6.5 for
+    the initial step size, and below t = 0 at 10 steps), where it silently stops guiding."""
+    for steps in (None, 10):
+        process = make_process("sde")
+        recorder = CallRecorder(four_blobs().exact_model(process))
+        genflow.sample(recorder, process, solver="dopri5", steps=steps, shape=(3, 2))
+        assert all(process.t_min <= t <= 1 for _, t in recorder.calls), sorted(t for _, t in recorder.calls)[:3]
 
 
 @pytest.mark.parametrize("solver", ["euler", "heun", "dpm++2m", "pc"])
@@ -341,30 +400,32 @@ def test_guidance_without_a_null_label_is_refused():
 
 @pytest.mark.parametrize("name", ["rectified-flow", "sde"])
 def test_likelihood_given_a_class_is_its_component_density(name):
-    """log p(x | k) is component k's Gaussian density at t_min; without labels, the mixture's."""
-    process = make_process(name)
-    mixture = GaussianMixture([[1.0, -1.0], [-1.0, 0.5]], std=0.4)
-    x = mixture.sample(32, torch.Generator().manual_seed(0))
+    """log p(x | k) is component k's Gaussian density at t_min (as test_metrics checks for one
+    Gaussian: 0.01 nats per dimension on average); without labels, the mixture's, which is
+    about log 2 lower at these well-separated points, so ignored labels would fail."""
+    process, means = make_process(name), [[1.0, -1.0], [-1.0, 0.5]]
+    mixture, classes = GaussianMixture(means, std=0.4), torch.arange(24) % 2
+    x = component_draws(mixture, classes, seed=0)
     c = process.coefficients(process.t_min)
-    density = lambda means, points: GaussianMixture(means, mixture.std).log_prob(points, c.alpha, c.sigma)
+    component = lambda k: GaussianMixture([means[k]], mixture.std).log_prob(x, c.alpha, c.sigma)
+    own = torch.where(classes == 0, component(0), component(1))
+    whole = mixture.log_prob(x, c.alpha, c.sigma)
+    per_dim_error = lambda ours, exact: float((ours - exact).abs().mean()) / 2
     model = mixture.exact_model(process)
-    per_sample = torch.arange(32) % 2
-    expected = {
-        0: density([[1.0, -1.0]], x),
-        1: density([[-1.0, 0.5]], x),
-        None: mixture.log_prob(x, c.alpha, c.sigma),
-    }
-    for labels in (0, 1, None):
-        ours = log_likelihood(model, process, x, labels=labels)
-        assert float((ours - expected[labels]).abs().max()) < 0.01, labels
-    mixed = log_likelihood(model, process, x, labels=per_sample)
-    assert float((mixed - torch.where(per_sample == 0, expected[0], expected[1])).abs().max()) < 0.01
-    assert float((expected[0] - expected[1]).abs().mean()) > 1  # control: the classes differ
+    assert per_dim_error(log_likelihood(model, process, x, labels=classes), own) < 0.01
+    assert per_dim_error(log_likelihood(model, process, x[classes == 1], labels=1), own[classes == 1]) < 0.01
+    assert per_dim_error(log_likelihood(model, process, x), whole) < 0.01
+    assert per_dim_error(whole, own) > 0.3  # control
 
 
 def test_likelihood_checks_labels_like_sampling():
     x = torch.zeros(2, 2)
     with pytest.raises(GenflowError, match="class 2 is out of range"):
-        log_likelihood(GaussianMixture([[0.0, 0.0], [1.0, 1.0]], 0.5).exact_model(make_process("rectified-flow")), "rectified-flow", x, labels=2)
+        log_likelihood(
+            GaussianMixture([[0.0, 0.0], [1.0, 1.0]], 0.5).exact_model(make_process("rectified-flow")),
+            "rectified-flow",
+            x,
+            labels=2,
+        )
     with pytest.raises(GenflowError, match="labels need a class-conditional model"):
         log_likelihood(never_called_unconditional, "rectified-flow", x, labels=0)
