@@ -292,11 +292,13 @@ class ClassRequest:
     def of(cls, loaded: LoadedRun, spec: str | None, n: int | None, seed: int) -> ClassRequest:
         """``n`` is per class (default 64 for one class or none, 8 each for several)."""
         if spec is None:
-            return cls(n or DEFAULT_SAMPLES, None, seed)
+            return cls(DEFAULT_SAMPLES if n is None else n, None, seed)
         if loaded.classes is None:
             raise GenflowError(f"{loaded.path} is unconditional: --class needs a run trained with --conditional")
         classes = parse_classes(spec, loaded.classes)
-        per_class = n or (DEFAULT_SAMPLES if len(classes) == 1 else PER_CLASS_IN_A_GRID)
+        per_class = n if n is not None else DEFAULT_SAMPLES if len(classes) == 1 else PER_CLASS_IN_A_GRID
+        if per_class < 1:
+            raise GenflowError(f"n must be >= 1, not {per_class}")
         labels, seeds = class_rows(classes, per_class, seed)
         return cls(len(labels), labels, seeds, per_class if len(classes) > 1 else None)
 
