@@ -63,3 +63,4 @@ def test_mnist_idx_files_give_their_targets(tmp_path):
     data = load_labelled_dataset("mnist", tmp_path)
     assert data.labels.tolist() == targets.tolist()
     assert len(data.classes) == 10 and data.images.shape == (6, 1, 28, 28)
+    torch.testing.assert_close(data.images[:, 0], torch.from_numpy(images).float() / 127.5 - 1)  # in the labels' order
