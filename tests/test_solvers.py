@@ -18,6 +18,15 @@ from genflow.toy import GaussianMixture
 N_SAMPLES = 2000
 
 
+@pytest.fixture(autouse=True)
+def one_thread():
+    """2-D samples are too small to gain from threads, and test machines are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def blobs_floor():
     """Mean energy distance between independent samples of the target: the sample-size floor
@@ -32,10 +41,8 @@ def blobs_floor():
 def test_every_solver_recovers_the_mixture_with_every_process(process, solver, blobs_floor):
     data, floor = blobs_floor
     model = four_blobs().exact_model(process)
-    if SOLVERS.get(solver).needs_reverse_sde and not process.supports_reverse_sde:
-        with pytest.raises(IncompatibleError, match="use 'ancestral'"):
-            genflow.sample(model, process, solver=solver, steps=100, shape=(N_SAMPLES, 2))
-        return
+    # Reverse-SDE solvers too: with their default diffusion (auto) they take g = sigma(t) where
+    # the natural g diverges at t = 1 (rectified flow, cnf, cosine ddpm); tests/test_reverse_sde.py.
     # 200 steps: first-order solvers on VE (sigma from 50 to 0.01) still shrink the spread by
     # 3.5% at 100 uniform steps, a real discretization error this test would rightly flag.
     samples = genflow.sample(model, process, solver=solver, steps=200, shape=(N_SAMPLES, 2), seed=0)
@@ -72,7 +79,12 @@ def observed_order(process, solver: str, grid: str, steps=(16, 32, 64, 128)) -> 
 
 @pytest.mark.parametrize(
     "solver, grid, low, high",
-    [("euler", "uniform", 0.8, 1.2), ("ddim", "logsnr", 0.9, 1.2), ("heun", "uniform", 1.75, 2.4), ("dpm++2m", "logsnr", 1.75, 3.0)],
+    [
+        ("euler", "uniform", 0.8, 1.2),
+        ("ddim", "logsnr", 0.9, 1.2),
+        ("heun", "uniform", 1.75, 2.4),
+        ("dpm++2m", "logsnr", 1.75, 3.0),
+    ],
 )
 def test_error_shrinks_at_the_solver_order(process, solver, grid, low, high):
     if solver == "heun" and process.name == "ddpm" and process.beta_schedule == "cosine":
@@ -91,9 +103,9 @@ def test_dopri5_meets_its_tolerance():
         grid = torch.tensor([1.0, process.t_min], dtype=torch.float64)
         x = SOLVERS.get("dopri5").fn(model, x1.clone(), grid, noise=None, rtol=tol, atol=tol)
         c = process.coefficients(process.t_min)
-        exact = c.alpha * mean + math.sqrt((c.alpha**2 * std**2 + c.sigma**2) / (process.prior_std**2 + process.coefficients(1.0).alpha ** 2 * std**2)) * (
-            x1 - process.coefficients(1.0).alpha * mean
-        )
+        exact = c.alpha * mean + math.sqrt(
+            (c.alpha**2 * std**2 + c.sigma**2) / (process.prior_std**2 + process.coefficients(1.0).alpha ** 2 * std**2)
+        ) * (x1 - process.coefficients(1.0).alpha * mean)
         errors.append(float((x - exact).abs().max()))
         nfes.append(model.nfe)
     assert errors[1] < 1e-4 and errors[1] < errors[0] / 10
@@ -152,7 +164,9 @@ def test_ancestral_on_ddpm_matches_diffusers_ddpm_scheduler(monkeypatch):
 
     replay = iter(drawn)
     process = make_process("ddpm")
-    ours = SOLVERS.get("ancestral").fn(BoundModel(our_model, process), x_init.clone(), make_grid("uniform", 25, process), noise=lambda x: next(replay))
+    ours = SOLVERS.get("ancestral").fn(
+        BoundModel(our_model, process), x_init.clone(), make_grid("uniform", 25, process), noise=lambda x: next(replay)
+    )
     assert len(drawn) == 25  # diffusers also draws on the last step, scaled by its variance clamp 1e-10; we draw none
     torch.testing.assert_close(ours, expected, rtol=1e-4, atol=1e-4)  # diffusers keeps alphas_cumprod in float32
 
@@ -169,7 +183,9 @@ def test_same_seed_gives_the_same_samples_at_any_batch_size(solver):
     assert not torch.allclose(genflow.sample(model, process, solver=solver, steps=12, shape=(7, 2), seed=4), whole)
 
 
-@pytest.mark.parametrize("solver, steps, nfe", [("euler", 10, 10), ("heun", 10, 19), ("dpm++2m", 10, 10), ("pc", 10, 20), ("ddim", 7, 7)])
+@pytest.mark.parametrize(
+    "solver, steps, nfe", [("euler", 10, 10), ("heun", 10, 19), ("dpm++2m", 10, 10), ("pc", 10, 20), ("ddim", 7, 7)]
+)
 def test_stats_report_nfe_and_time(solver, steps, nfe):
     process = make_process("sde")
     calls = []
@@ -220,15 +236,17 @@ def test_solver_options_are_checked_before_sampling():
         sample(solver="euler", steps=1001)
     with pytest.raises(GenflowError, match="shape must be"):
         genflow.sample(never_called, process, shape=(0, 2))
-    with pytest.raises(IncompatibleError, match="'rectified-flow'"):
-        genflow.sample(never_called, make_process("rectified-flow"), shape=(2, 2), solver="euler-maruyama")
+    with pytest.raises(IncompatibleError, match="'rectified-flow'.*--diffusion sigma"):
+        genflow.sample(never_called, make_process("rectified-flow"), shape=(2, 2), solver="euler-maruyama", diffusion="natural")
+    with pytest.raises(GenflowError, match="diffusion must be one of auto, natural, sigma, not 'sigm'"):
+        sample(solver="pc", diffusion="sigm")
 
 
 def test_ot_coupled_flow_refuses_samplers_that_add_noise():
     """Minibatch-OT pairing changes the path's conditionals, so only its ODE may be solved."""
     process = make_process("cnf", coupling="ot")
     model = four_blobs().exact_model(process)
-    for solver, options in (("ancestral", {}), ("ddim", {"eta": 0.3})):
+    for solver, options in (("ancestral", {}), ("ddim", {"eta": 0.3}), ("euler-maruyama", {}), ("pc", {"diffusion": "sigma"})):
         with pytest.raises(IncompatibleError, match="deterministic solver"):
             genflow.sample(model, process, solver=solver, shape=(4, 2), **options)
     for solver in ("euler", "heun", "dpm++2m", "ddim"):

@@ -43,11 +43,16 @@ class Schedule:
     def broadcast_to(self, x: Tensor) -> Schedule:
         """Reshape per-sample ``(B,)`` coefficients so they broadcast against ``x``."""
         shape = (-1,) + (1,) * (x.ndim - 1)
-        return Schedule(*(c.reshape(shape).to(x.dtype) for c in dataclasses.astuple(self)))
+        return Schedule(*(c.reshape(shape).to(x.dtype) for c in self.values()))
 
     def item(self) -> Schedule:
         """The schedule at a single time as Python floats (what solvers use per step)."""
-        return Schedule(*(float(c) for c in dataclasses.astuple(self)))
+        return Schedule(*(float(c) for c in self.values()))
+
+    def values(self) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """``(alpha, sigma, d_alpha, d_sigma)``, as they are (``dataclasses.astuple`` would
+        deep-copy every tensor, on every step)."""
+        return self.alpha, self.sigma, self.d_alpha, self.d_sigma
 
 
 def to_x0_eps(prediction: str, output: Tensor, x: Tensor, s: Schedule) -> tuple[Tensor, Tensor]:

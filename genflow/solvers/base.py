@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from genflow.errors import GenflowError, IncompatibleError
 from genflow.lazy import lazy_import
-from genflow.processes.base import GaussianProcess, Model, Schedule, diffusion_squared, to_x0_eps
+from genflow.processes.base import GaussianProcess, Model, Schedule, check_choice, diffusion_squared, to_x0_eps
 from genflow.registry import Registry, unknown
 
 if TYPE_CHECKING:
@@ -58,12 +58,55 @@ class BoundModel:
         """``grad log p_t(x) = -eps_hat / sigma``."""
         return -self.denoise(x, t)[1] / self.coefficients(t).sigma
 
-    def reverse_sde_drift(self, x: Tensor, t: float) -> tuple[Tensor, float]:
-        """Drift ``v + 1/2 g^2 eps_hat / sigma`` of the reverse SDE and ``g^2`` at ``t``."""
+    def diffusion(self, form: str = "auto", scale: float = 1.0) -> Diffusion:
+        """The reverse SDE's diffusion ``form`` (see :data:`DIFFUSIONS`) times ``scale``;
+        ``auto`` is ``natural`` where the process keeps it finite, ``sigma`` otherwise."""
+        if form == "auto":
+            form = "natural" if self.process.supports_reverse_sde else "sigma"
+        return Diffusion(form, scale)
+
+    def reverse_sde_drift(self, x: Tensor, t: float, diffusion: Diffusion | None = None) -> tuple[Tensor, float]:
+        """Drift ``v + 1/2 g^2 eps_hat / sigma`` of the reverse SDE and ``g^2`` at ``t``
+        (``v - 1/2 g^2 score``: Song et al. 2021, eq. 6, written around the probability-flow
+        velocity). Every ``g`` gives the same marginals; the natural one when not given."""
         s = self.coefficients(t)
         x0, eps = self.denoise(x, t)
-        g2 = diffusion_squared(s)
+        g2 = (diffusion or Diffusion("natural")).squared(s)
         return s.d_alpha * x0 + s.d_sigma * eps + 0.5 * g2 * eps / s.sigma, g2
+
+
+DIFFUSIONS = ("auto", "natural", "sigma")
+"""The reverse SDE's diffusion ``g(t)``: ``natural`` is the forward SDE's own (infinite at t=1
+where alpha(1) = 0), ``sigma`` is ``g = sigma(t)`` (bounded), ``auto`` the first where finite."""
+
+
+@dataclass(frozen=True)
+class Diffusion:
+    """A diffusion ``g(t) >= 0`` for the reverse SDE ``dx = [v + 1/2 g^2 eps_hat / sigma] dt
+    + g dW`` (``dt < 0``), which has the path's marginals for every ``g``: in its Fokker-Planck
+    equation the two ``g`` terms cancel, as ``p grad log p = grad p`` (Song et al. 2021, eq. 6
+    and app. D.1; Karras et al. 2022, eq. 6).
+
+    ``natural``: ``g^2 = 2 sigma^2 (sigma'/sigma - alpha'/alpha)``, the forward SDE's own
+    diffusion (``beta(t)`` for VP, ``d sigma^2/dt`` for VE). ``sigma``: ``g = sigma(t)``,
+    finite where the path reaches pure noise, zero at clean data. SiT (Ma et al. 2024) tunes
+    the diffusion coefficient ``w_t`` of flows apart from training (its Tab. 2); the released
+    sampler's default, ``--diffusion-form sigma``, takes ``w_t = sigma_t`` with drift
+    ``v + w_t score`` and noise ``sqrt(2 w_t) dW``, i.e. ``g^2 = 2 sigma(t)`` in these terms.
+    ``sigma`` here is instead ``g = sigma(t)``, ``g^2 = sigma(t)^2``: as bounded, and vanishing
+    as fast as the noise it scales. ``scale`` multiplies ``g`` (``scale = 0``: the ODE).
+    """
+
+    form: str
+    scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        check_choice("diffusion", self.form, DIFFUSIONS[1:])
+
+    def squared(self, s: Schedule) -> float:
+        """``g(t)^2`` at one time, from the schedule there."""
+        g2 = diffusion_squared(s) if self.form == "natural" else s.sigma**2
+        return self.scale**2 * g2
 
 
 class NoiseSource:
@@ -110,12 +153,21 @@ Noise = Callable[["Tensor"], "Tensor"]
 
 @dataclass(frozen=True)
 class Option:
-    """A solver option: its default, a check on its value and what the check requires."""
+    """A solver option: its default (a number, or a name for a :func:`choice`), a check on
+    its value and what the check requires. The command line's flag takes the default's type."""
 
-    default: float
-    check: Callable[[float], bool]
+    default: float | str
+    check: Callable[[float | str], bool]
     requirement: str
     help: str
+
+    def parse(self, solver: str, name: str, value: object) -> float | str:
+        """``value`` as this option's type (a number, or one of a choice's names), checked."""
+        choice = isinstance(self.default, str)
+        parsed = value if choice else _as_number(solver, name, value)
+        if not self.check(parsed):
+            raise GenflowError(f"solver {solver!r}: {name} must be {self.requirement}, not {value!r}")
+        return parsed if choice else type(self.default)(parsed)
 
 
 def non_negative(help: str, default: float) -> Option:
@@ -134,9 +186,34 @@ def at_least_one(help: str, default: int) -> Option:
     return Option(default, lambda v: v >= 1 and float(v).is_integer(), "a whole number >= 1", help)
 
 
+def choice(help: str, default: str, choices: Sequence[str]) -> Option:
+    """An option whose value is one of ``choices`` (names, the first line of errors lists them)."""
+    allowed = tuple(choices)
+    return Option(default, lambda v: isinstance(v, str) and v in allowed, f"one of {', '.join(allowed)}", help)
+
+
+def reverse_sde_options() -> dict[str, Option]:
+    """The options of every reverse-SDE solver: which diffusion ``g(t)``, and a scale on it."""
+    return {
+        "diffusion": choice(
+            "reverse-SDE noise g(t): natural (the forward SDE's), sigma (g = sigma(t), finite at pure noise) "
+            "or auto (natural where finite, else sigma)",
+            "auto",
+            DIFFUSIONS,
+        ),
+        "diffusion_scale": non_negative(
+            "multiplies g; at 0 the Euler-Maruyama step is an Euler step of the probability-flow ODE", 1.0
+        ),
+    }
+
+
 @dataclass(frozen=True)
 class SolverSpec:
-    """A registered solver: its function, one line of summary and its options."""
+    """A registered solver: its function, one line of summary and its options.
+
+    ``needs_reverse_sde``: it integrates the reverse SDE (and takes :func:`reverse_sde_options`);
+    ``stochastic``: it adds fresh noise whatever its options; ``adaptive``: it picks its steps.
+    """
 
     name: str
     fn: Callable[..., Tensor]
@@ -146,19 +223,15 @@ class SolverSpec:
     stochastic: bool = False
     adaptive: bool = False
 
-    def resolve_options(self, given: Mapping[str, object]) -> dict[str, float]:
+    def resolve_options(self, given: Mapping[str, object]) -> dict[str, float | str]:
         """Defaults overridden by ``given``; unknown or invalid options are errors."""
-        resolved: dict[str, float] = {name: option.default for name, option in self.options.items()}
+        resolved: dict[str, float | str] = {name: option.default for name, option in self.options.items()}
         for name, value in given.items():
             if name not in self.options:
                 if not self.options:
                     raise GenflowError(f"solver {self.name!r} takes no options, but {name!r} was given")
                 raise unknown(f"option for solver {self.name!r}:", name, self.options)
-            option = self.options[name]
-            number = _as_number(self.name, name, value)
-            if not option.check(number):
-                raise GenflowError(f"solver {self.name!r}: {name} must be {option.requirement}, not {value!r}")
-            resolved[name] = type(option.default)(number)
+            resolved[name] = self.options[name].parse(self.name, name, value)
         return resolved
 
     def fixed_steps(self, steps: int | None) -> int | None:
@@ -170,22 +243,23 @@ class SolverSpec:
         """``20 steps (uniform)``, or ``adaptive steps``."""
         return "adaptive steps" if self.adaptive else f"{steps} steps ({grid})"
 
-    def injects_noise(self, options: Mapping[str, float]) -> bool:
+    def injects_noise(self, options: Mapping[str, float | str]) -> bool:
         """Whether, with these options, sampling adds fresh noise (eta > 0 for the DDIM family)."""
         return self.stochastic or options.get("eta", 0.0) > 0
 
-    def check_process(self, process: GaussianProcess, options: Mapping[str, float]) -> None:
+    def check_process(self, process: GaussianProcess, options: Mapping[str, float | str]) -> None:
         """Fail before sampling when the process lacks a capability this solver needs."""
-        if self.needs_reverse_sde and not process.supports_reverse_sde:
-            raise IncompatibleError(
-                f"solver {self.name!r} integrates the reverse SDE, whose diffusion diverges at t=1 for "
-                f"process {process.name!r} (alpha(1)=0); use 'ancestral' for stochastic sampling"
-            )
         if self.injects_noise(options) and not process.has_gaussian_conditionals:
             raise IncompatibleError(
                 f"solver {self.name!r} adds noise assuming x_t | x0 ~ N(alpha x0, sigma^2 I), which minibatch-OT "
                 f"coupling breaks; sample process {process.name!r} with a deterministic solver "
-                "(euler, heun, dpm++2m, dopri5, ddim with eta=0)"
+                "(euler, heun, dpm++2m, dpm++3m, unipc, dopri5, ddim with eta=0)"
+            )
+        if options.get("diffusion") == "natural" and not process.supports_reverse_sde:
+            raise IncompatibleError(
+                f"solver {self.name!r}: the natural diffusion g^2 = 2 sigma^2 (sigma'/sigma - alpha'/alpha) blows up "
+                f"at t=1 for process {process.name!r} (alpha(1) = {process.coefficients(1.0).alpha:.2g}); "
+                "use --diffusion sigma (or auto, the default)"
             )
 
 

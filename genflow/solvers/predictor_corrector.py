@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING
 
-from genflow.solvers.base import BoundModel, Noise, SolverSpec, at_least_one, positive, register, steps
+from genflow.solvers.base import BoundModel, Noise, SolverSpec, at_least_one, positive, register, reverse_sde_options, steps
 from genflow.solvers.euler_maruyama import reverse_sde_step
 
 if TYPE_CHECKING:
@@ -26,15 +26,24 @@ def langevin_correction(model: BoundModel, x: Tensor, t: float, snr: float, nois
 
 
 def predictor_corrector(
-    model: BoundModel, x: Tensor, times: Tensor, noise: Noise, snr: float = 0.16, corrector_steps: int = 1
+    model: BoundModel,
+    x: Tensor,
+    times: Tensor,
+    noise: Noise,
+    snr: float = 0.16,
+    corrector_steps: int = 1,
+    diffusion: str = "auto",
+    diffusion_scale: float = 1.0,
 ) -> Tensor:
     """At each grid time: ``corrector_steps`` Langevin corrections, then one Euler-Maruyama
-    predictor step. ``1 + corrector_steps`` NFE per step."""
+    predictor step with diffusion ``diffusion_scale * g(t)`` (the corrector needs only the
+    score). ``1 + corrector_steps`` NFE per step."""
+    g = model.diffusion(diffusion, diffusion_scale)
     last = len(times) - 2
     for i, t, s in steps(times):
         for _ in range(corrector_steps):
             x = langevin_correction(model, x, t, snr, noise)
-        x = reverse_sde_step(model, x, t, s, noise, add_noise=i != last)
+        x = reverse_sde_step(model, x, t, s, noise, add_noise=i != last, diffusion=g)
     return x
 
 
@@ -46,6 +55,7 @@ register(
         {
             "snr": positive("Langevin signal-to-noise ratio (Song et al. 2021: 0.16)", 0.16),
             "corrector_steps": at_least_one("Langevin steps per grid time", 1),
+            **reverse_sde_options(),
         },
         needs_reverse_sde=True,
         stochastic=True,
