@@ -103,7 +103,10 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "unknown process": (lambda ws: ["train", "--process", "rectified_flow"], ("did you mean 'rectified-flow'",)),
     "unknown process option": (lambda ws: ["train", "--process", "sde", "--coupling", "ot"], ("unknown option for process 'sde'",)),
     "unknown solver": (lambda ws: ["sample", ws.run, "--solver", "huen"], ("did you mean 'heun'",)),
-    "solver without the capability": (lambda ws: ["sample", ws.run, "--solver", "euler-maruyama"], ("use 'ancestral'",)),
+    "solver without the capability": (
+        lambda ws: ["sample", ws.run, "--solver", "euler-maruyama", "--diffusion", "natural"],
+        ("--diffusion sigma",),
+    ),
     "option the solver lacks": (lambda ws: ["sample", ws.run, "--solver", "heun", "--eta", 0.5], ("'heun' takes no options",)),
     "unknown grid": (lambda ws: ["sample", ws.run, "--grid", "karas"], ("did you mean 'karras'",)),
     "train steps zero": (lambda ws: ["train", "--steps", 0], ("steps must be a whole number >= 1",)),

@@ -164,7 +164,7 @@ def test_sample_and_info_name_the_run_and_the_checkpoint_of_an_unfinished_run(ru
     (tmp_path / "link").symlink_to(unfinished)
     sampled = invoke("sample", tmp_path / "link", "--steps", "2", "--n", "4", "--out", tmp_path / "s.png")
     assert sampled.exit_code == 0, sampled.output
-    assert sampled.stdout.startswith(f"{unfinished} (unfinished: checkpoint of step 60 of 60): euler on rectified-flow, 2 steps")
+    assert sampled.stdout.startswith(f"{unfinished} (unfinished: checkpoint of step 60 of 60): unipc on rectified-flow, 2 steps")
     assert str(unfinished) in invoke("info", tmp_path / "link").stdout
 
 

@@ -19,7 +19,7 @@ import torch
 from conftest import energy_distance, four_blobs
 
 import genflow
-from genflow import SOLVERS, GenflowError, IncompatibleError, make_process
+from genflow import SOLVERS, GenflowError, make_process
 from genflow.likelihood import log_likelihood
 from genflow.processes.cnf import CNF, optimal_transport_pairing
 from genflow.solvers.guidance import GuidedModel, class_rows
@@ -52,17 +52,6 @@ def budget(process, solver: str, steps: int = STEPS) -> dict:
     if SOLVERS.get(solver).adaptive:
         return {"rtol": ADAPTIVE_TOLERANCE, "atol": ADAPTIVE_TOLERANCE}
     return {"steps": 100 if (solver, getattr(process, "sde", None)) == ("euler", "ve") else steps}
-
-
-def refused(process, solver: str) -> bool:
-    """Whether ``solver`` cannot serve ``process``: the reverse SDE diverges at t = 1 for
-    processes with alpha(1) = 0 (the fixture's cnf has independent coupling)."""
-    return SOLVERS.get(solver).needs_reverse_sde and not process.supports_reverse_sde
-
-
-def expect_refusal(model, process, solver: str, **conditioning) -> None:
-    with pytest.raises(IncompatibleError, match="use 'ancestral'"):
-        genflow.sample(model, process, solver=solver, shape=(4, 2), **conditioning)
 
 
 # --- guidance 1 samples each class's component, guidance 0 the whole mixture -------------
@@ -102,8 +91,6 @@ def test_guidance_one_samples_each_class_and_zero_the_mixture(process, solver, f
     with euler-maruyama); the controls sit over 30x above it."""
     blobs = four_blobs()
     model = blobs.exact_model(process)
-    if refused(process, solver):
-        return expect_refusal(model, process, solver, labels=BLOB_LABELS[:4], guidance=0.0)
     draw = lambda guidance: genflow.sample(
         model, process, solver=solver, shape=(N_SAMPLES, 2), labels=BLOB_LABELS, guidance=guidance, **budget(process, solver)
     )
@@ -160,8 +147,6 @@ def test_guidance_moves_a_gaussian_class_as_the_closed_form_says(process, solver
     class 0, and is that sample moved by S (mu_1 - mu_0), to within the discretization (3% at
     25 steps): a check of S that no sampling noise blurs."""
     model = gaussian_classes(process)
-    if refused(process, solver):
-        return expect_refusal(model, process, solver, labels=0, guidance=SCALE)
     labels, seeds = class_rows(range(len(CLASS_MEANS)), PER_CLASS)
     options = {"labels": labels, "seed": seeds, "guidance": SCALE, "dtype": torch.float64, **budget(process, solver, 25)}
     samples = genflow.sample(model, process, solver=solver, shape=(len(labels), 2), **options)

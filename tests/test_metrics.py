@@ -204,9 +204,10 @@ def test_sweep_writes_table_and_plot(trained_runs, tmp_path):
     result = invoke("sweep", *runs, "--solvers", "euler,euler-maruyama,dopri5", "--steps", "1,2", "--n", "100", "--out", tmp_path)
     assert result.exit_code == 0, result.output
     rows = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
-    # euler-maruyama is skipped for flows; adaptive dopri5 runs once, at its own steps
-    assert [(r["solver"], r["steps"]) for r in rows] == [("euler", 1), ("euler", 2), ("dopri5", 1)] * 2
-    assert [r["run"] for r in rows[3:]] == [str(trained_runs[300].path)] * 3  # the run itself, not the link
+    # euler-maruyama samples flows with g = sigma(t); adaptive dopri5 runs once, at its own steps
+    points = [("euler", 1), ("euler", 2), ("euler-maruyama", 1), ("euler-maruyama", 2), ("dopri5", 1)]
+    assert [(r["solver"], r["steps"]) for r in rows] == points * 2
+    assert [r["run"] for r in rows[5:]] == [str(trained_runs[300].path)] * 5  # the run itself, not the link
     assert (tmp_path / "sweep.csv").read_text().startswith("run,process,solver,grid,steps,nfe,seconds,fd")
     assert (tmp_path / "sweep.png").stat().st_size > 10_000
     assert len({r["fd_floor"] for r in rows}) == 1

@@ -23,7 +23,7 @@ class RectifiedFlow(GaussianProcess):
 
     name = "rectified-flow"
     summary = "straight path x_t = (1-t) x0 + t eps, velocity prediction (Liu, Gong & Liu 2022)"
-    default_solver = "euler"
+    default_solver = "unipc"  # best FD on the digits at 10 and 20 NFE (benchmarks/results/digits-defaults.md)
 
     prediction: str = option("velocity", "network output: eps, x0, v or velocity")
     time_sampling: str = option("uniform", "training times: uniform or logit-normal (Esser et al. 2024)")
