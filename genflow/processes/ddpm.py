@@ -67,8 +67,9 @@ class DDPM(GaussianProcess):
     """Denoising diffusion probabilistic model (Ho et al. 2020), eps prediction by default."""
 
     name = "ddpm"
-    summary = "discrete T=1000 diffusion, linear or cosine betas; ancestral sampling (Ho et al. 2020)"
-    default_solver = "ancestral"
+    summary = "discrete T=1000 diffusion, linear or cosine betas (Ho et al. 2020); sampled with DPM-Solver++(2M)"
+    default_solver = "dpm++2m"  # best FD on the digits at 10 and 20 NFE (benchmarks/results/digits-defaults.md)
+    default_grid = "logsnr"
 
     beta_schedule: str = option("linear", "beta schedule: linear or cosine")
     timesteps: int = option(1000, "discrete steps T")
@@ -145,4 +146,5 @@ class DDIM(DDPM):
 
     name = "ddim"
     summary = "DDPM's process and checkpoint, deterministic DDIM sampling (Song, Meng & Ermon 2021)"
-    default_solver = "ddim"
+    default_solver = "ddim"  # the process that names its sampler keeps it
+    default_grid = "uniform"

@@ -31,7 +31,8 @@ class ScoreSDE(GaussianProcess):
 
     name = "sde"
     summary = "score SDE (vp, ve, subvp); reverse SDE or probability-flow ODE (Song et al. 2021)"
-    default_solver = "euler-maruyama"
+    default_solver = "dpm++2m"  # as ddpm, its discrete twin (benchmarks/results/digits-defaults.md)
+    default_grid = "logsnr"
 
     sde: str = option("vp", "sde variant: vp, ve or subvp")
     beta_min: float = option(0.1, "vp/subvp beta at t = 0")
