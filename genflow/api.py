@@ -248,7 +248,7 @@ def sample_run(
     labels: Sequence[int] | None = None,
     guidance: float = 1.0,
     guidance_interval: Sequence[float] = FULL_INTERVAL,
-    **solver_options: float,
+    **solver_options: float | str,
 ) -> tuple[Tensor, SamplingStats]:
     """``n`` samples of a loaded run, with the stats of how they were made; ``labels`` (one per
     sample, or ``None``), ``guidance`` and ``seed`` (one, or one per sample) as in :func:`genflow.sample`."""
@@ -329,7 +329,7 @@ def check_fixed_steps(solver: str, steps: int | None) -> None:
 def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = None, steps: int | None = None,
                  grid: str | None = None, seed: int = 0, batch_size: int | None = None,
                  classes: str | Sequence[int] | None = None, guidance: float = 1.0,
-                 guidance_interval: Sequence[float] = FULL_INTERVAL, **solver_options: float) -> dict:  # fmt: skip
+                 guidance_interval: Sequence[float] = FULL_INTERVAL, **solver_options: float | str) -> dict:  # fmt: skip
     """Sample ``n`` images and score them against the real data, floors included (``n``
     defaults to the most the data allows). A conditional run's samples cover ``classes``
     (``--class`` text or labels; default all) evenly at ``guidance``, and are scored against

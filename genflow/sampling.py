@@ -47,7 +47,7 @@ def sample(
     labels: int | Sequence[int] | Tensor | None = None,
     guidance: float = 1.0,
     guidance_interval: Sequence[float] = FULL_INTERVAL,
-    **solver_options: float,
+    **solver_options: float | str,
 ) -> Tensor:
     """Draw ``shape[0]`` samples by integrating ``model`` from the prior to the data.
 
