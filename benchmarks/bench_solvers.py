@@ -342,15 +342,22 @@ def diffusers_methods(problem: Problem) -> list[Method]:
     return flow_schedulers(problem, diffusers) if flow else vp_schedulers(problem, diffusers)
 
 
-def vp_schedulers(problem: Problem, d: types.ModuleType) -> list[Method]:
-    base = {"num_train_timesteps": T_TRAIN, "trained_betas": vp_trained_betas(problem.process)}
-    configs = [
+def multistep_schedulers(d: types.ModuleType) -> list[tuple[str, type, dict]]:
+    """diffusers' multistep and singlestep exponential integrators: (name, class, options)."""
+    return [
         ("DPMSolverMultistep(order=2)", d.DPMSolverMultistepScheduler, {"solver_order": 2}),
         ("DPMSolverMultistep(order=3)", d.DPMSolverMultistepScheduler, {"solver_order": 3}),
         ("UniPCMultistep(order=2,bh2)", d.UniPCMultistepScheduler, {"solver_order": 2}),
         ("UniPCMultistep(order=3,bh2)", d.UniPCMultistepScheduler, {"solver_order": 3}),
         ("DEISMultistep(order=3)", d.DEISMultistepScheduler, {"solver_order": 3}),
         ("DPMSolverSinglestep(order=2)", d.DPMSolverSinglestepScheduler, {"solver_order": 2}),
+    ]
+
+
+def vp_schedulers(problem: Problem, d: types.ModuleType) -> list[Method]:
+    base = {"num_train_timesteps": T_TRAIN, "trained_betas": vp_trained_betas(problem.process)}
+    configs = [
+        *multistep_schedulers(d),
         ("EulerDiscrete", d.EulerDiscreteScheduler, {}),
         ("HeunDiscrete", d.HeunDiscreteScheduler, {}),
     ]
@@ -365,14 +372,7 @@ def vp_schedulers(problem: Problem, d: types.ModuleType) -> list[Method]:
 
 def flow_schedulers(problem: Problem, d: types.ModuleType) -> list[Method]:
     flow = {"num_train_timesteps": T_TRAIN, "prediction_type": "flow_prediction", "use_flow_sigmas": True, "flow_shift": 1.0}
-    multistep = [
-        ("DPMSolverMultistep(order=2)", d.DPMSolverMultistepScheduler, {"solver_order": 2}),
-        ("DPMSolverMultistep(order=3)", d.DPMSolverMultistepScheduler, {"solver_order": 3}),
-        ("UniPCMultistep(order=2,bh2)", d.UniPCMultistepScheduler, {"solver_order": 2}),
-        ("UniPCMultistep(order=3,bh2)", d.UniPCMultistepScheduler, {"solver_order": 3}),
-        ("DEISMultistep(order=3)", d.DEISMultistepScheduler, {"solver_order": 3}),
-        ("DPMSolverSinglestep(order=2)", d.DPMSolverSinglestepScheduler, {"solver_order": 2}),
-    ]
+    multistep = multistep_schedulers(d)
     methods = [
         Method("diffusers", name, "flow-sigmas", diffusers_run(problem, lambda c=cls, kw=flow | o: c(**kw), flow=True))
         for name, cls, o in multistep

@@ -35,6 +35,29 @@ def four_blobs() -> GaussianMixture:
     return GaussianMixture([[2.0, 2.0], [-2.0, 2.0], [2.0, -2.0], [-2.0, -2.0]], std=0.3)
 
 
+BLOB_SAMPLES = 2000
+
+
+@pytest.fixture
+def one_thread():
+    """Small samples gain nothing from threads, and test machines are shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def blobs_floor():
+    """``BLOB_SAMPLES`` samples of the four blobs and the mean energy distance between
+    independent samples of them: the sample-size floor (single draws range over 0.6x to 2x
+    this mean at 2000 points)."""
+    blobs = four_blobs()
+    data = blobs.sample(BLOB_SAMPLES, torch.Generator().manual_seed(1))
+    floors = [energy_distance(data, blobs.sample(BLOB_SAMPLES, torch.Generator().manual_seed(s))) for s in range(2, 7)]
+    return data, sum(floors) / len(floors)
+
+
 def energy_distance(a: torch.Tensor, b: torch.Tensor) -> float:
     """Szekely's energy distance ``2 E|X-Y| - E|X-X'| - E|Y-Y'|`` between two samples."""
     a, b = a.double(), b.double()

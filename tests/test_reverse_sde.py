@@ -7,10 +7,9 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
-from conftest import energy_distance, expect_usage_error, four_blobs, invoke
+from conftest import BLOB_SAMPLES, energy_distance, expect_usage_error, four_blobs, invoke
 
 import genflow
 from genflow import SOLVERS, GenflowError, IncompatibleError, make_process
@@ -21,27 +20,12 @@ from genflow.timesteps import make_grid
 from genflow.toy import GaussianMixture
 
 REVERSE_SDE_SOLVERS = ["euler-maruyama", "pc"]
-N_SAMPLES = 2000
+N_SAMPLES = BLOB_SAMPLES  # the size of the blobs_floor fixture's data
 N_CONTROL = 500
 """Samples of the wrong model: it lands at 80x the floor or more, so a quarter of the budget shows it."""
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2-D samples are too small to gain from threads, and the machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def blobs_floor():
-    """The target's samples and the mean energy distance between independent samples of it."""
-    blobs = four_blobs()
-    data = blobs.sample(N_SAMPLES, torch.Generator().manual_seed(1))
-    floors = [energy_distance(data, blobs.sample(N_SAMPLES, torch.Generator().manual_seed(s))) for s in range(2, 7)]
-    return data, float(np.mean(floors))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("solver", REVERSE_SDE_SOLVERS)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import energy_distance, four_blobs
+from conftest import BLOB_SAMPLES, energy_distance, four_blobs
 
 import genflow
 from genflow import SOLVERS, GenflowError, IncompatibleError, UnknownNameError, make_process
@@ -15,26 +15,10 @@ from genflow.solvers import BoundModel
 from genflow.timesteps import make_grid
 from genflow.toy import GaussianMixture
 
-N_SAMPLES = 2000
+N_SAMPLES = BLOB_SAMPLES  # the size of the blobs_floor fixture's data
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """2-D samples are too small to gain from threads, and test machines are shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-@pytest.fixture(scope="module")
-def blobs_floor():
-    """Mean energy distance between independent samples of the target: the sample-size floor
-    (single draws range over 0.6x to 2x this mean at 2000 points)."""
-    blobs = four_blobs()
-    data = blobs.sample(N_SAMPLES, torch.Generator().manual_seed(1))
-    floors = [energy_distance(data, blobs.sample(N_SAMPLES, torch.Generator().manual_seed(s))) for s in range(2, 7)]
-    return data, float(np.mean(floors))
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.mark.parametrize("solver", SOLVERS.names())
