@@ -264,7 +264,7 @@ def test_euler_interval_nfe_follows_the_grid():
     """Euler evaluates once at every grid time but the last: 1 + [lo <= t_i <= hi] each."""
     lo, hi = 0.25, 0.65
     times = make_grid("uniform", 10, make_process("sde"))[:-1].tolist()
-    nfe, _ = recorded_sampling("euler", labels=0, guidance=3.0, guidance_interval=(lo, hi))
+    nfe, _ = recorded_sampling("euler", grid="uniform", labels=0, guidance=3.0, guidance_interval=(lo, hi))
     assert nfe == sum(1 + (lo <= t <= hi) for t in times) == 14
 
 
