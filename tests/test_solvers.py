@@ -180,7 +180,7 @@ def test_stats_report_nfe_and_time(solver, steps, nfe):
         return exact(x, t)
 
     stats = genflow.SamplingStats()
-    genflow.sample(counting_model, process, solver=solver, steps=steps, shape=(8, 2), batch_size=4, stats=stats)
+    genflow.sample(counting_model, process, solver=solver, steps=steps, grid="uniform", shape=(8, 2), batch_size=4, stats=stats)
     assert stats.nfe == nfe == len(calls) / 2
     assert (stats.solver, stats.grid, stats.steps) == (solver, "uniform", steps)
     assert stats.seconds > 0
@@ -217,7 +217,7 @@ def test_solver_options_are_checked_before_sampling():
     with pytest.raises(GenflowError, match="steps must be a whole number >= 1"):
         sample(solver="euler", steps=0)
     with pytest.raises(GenflowError, match="at most 1000 uniform steps"):
-        sample(solver="euler", steps=1001)
+        sample(solver="euler", steps=1001, grid="uniform")
     with pytest.raises(GenflowError, match="shape must be"):
         genflow.sample(never_called, process, shape=(0, 2))
     with pytest.raises(IncompatibleError, match="'rectified-flow'.*--diffusion sigma"):
