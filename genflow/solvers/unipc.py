@@ -99,8 +99,10 @@ class Step:
 
 
 def phi_weights(h: float, count: int) -> list[float]:
-    """``b_k = k! phi_{k+1}(-h) (-h)^k / B(h)`` for ``k = 1..count``, by the recursion
-    ``h phi_{k+1} = h phi_k / h - 1 / k!`` (Zhao et al. 2023, eq. 9 and Algorithm 2)."""
+    """``b_k = k! z phi_{k+1}(z) / B(h)`` for ``k = 1..count`` with ``z = -h`` (data
+    prediction) and ``phi_k`` the exponential-integrator functions, ``z phi_2(z) = (e^z - 1)/z - 1``,
+    by the recursion ``z phi_{k+2}(z) = z phi_{k+1}(z) / z - 1/(k+1)!`` (Zhao et al. 2023,
+    Algorithm 2; the order conditions ``R_p rho = b``)."""
     hh = -h
     h_phi_k = math.expm1(hh) / hh - 1
     b_h = math.expm1(hh)
