@@ -7,8 +7,8 @@ import math
 from typing import TYPE_CHECKING
 
 from genflow.processes.base import half_log_snr
-from genflow.solvers.base import BoundModel, Noise, SolverSpec, register, steps
-from genflow.solvers.multistep import Prediction, highest_order_left, step_order
+from genflow.solvers.base import BoundModel, Noise, SolverSpec, register
+from genflow.solvers.multistep import Prediction, highest_order_left, step_order, step_schedules
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -25,8 +25,7 @@ def dpmpp_3m(model: BoundModel, x: Tensor, times: Tensor, noise: Noise) -> Tenso
     """
     history: list[Prediction] = []
     total = len(times) - 1
-    for i, t, s in steps(times):
-        ct, cs = model.coefficients(t), model.coefficients(s)
+    for i, t, ct, cs in step_schedules(model, times):
         lam_t = half_log_snr(ct)
         h = half_log_snr(cs) - lam_t
         history = [*history[-2:], Prediction(lam_t, model.denoise(x, t)[0])]

@@ -11,8 +11,12 @@ or ``x_s = sigma_s x_t + alpha_s x0_hat``) is defined.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
+
+from genflow.processes.base import Schedule
+from genflow.solvers.base import BoundModel, steps
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -43,3 +47,14 @@ def highest_order_left(order: int, step: int, steps: int) -> int:
     """``order``, lowered on the last steps so that none looks past the end of the grid (the
     ``lower_order_final`` of Lu et al. 2022 and Zhao et al. 2023: at most the steps left)."""
     return max(1, min(order, steps - step))
+
+
+def step_schedules(model: BoundModel, times: Tensor) -> Iterator[tuple[int, float, Schedule, Schedule]]:
+    """``(i, t_i, schedule at t_i, schedule at t_{i+1})`` for each step, each time's schedule
+    computed once (the end of one step is the start of the next)."""
+    start = None
+    for i, t, s in steps(times):
+        start = model.coefficients(t) if start is None else start
+        end = model.coefficients(s)
+        yield i, t, start, end
+        start = end

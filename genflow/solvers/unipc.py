@@ -10,8 +10,8 @@ from typing import TYPE_CHECKING
 
 from genflow.lazy import lazy_import
 from genflow.processes.base import Schedule, half_log_snr
-from genflow.solvers.base import BoundModel, Noise, Option, SolverSpec, register, steps
-from genflow.solvers.multistep import Prediction, highest_order_left, step_order
+from genflow.solvers.base import BoundModel, Noise, Option, SolverSpec, register
+from genflow.solvers.multistep import Prediction, highest_order_left, step_order, step_schedules
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -30,8 +30,7 @@ def unipc(model: BoundModel, x: Tensor, times: Tensor, noise: Noise, order: int 
     history: list[Prediction] = []
     taken: Step | None = None
     total = len(times) - 1
-    for i, t, s in steps(times):
-        ct, cs = model.coefficients(t), model.coefficients(s)
+    for i, t, ct, cs in step_schedules(model, times):
         now = Prediction(half_log_snr(ct), model.denoise(x, t)[0])
         if taken is not None:
             x = taken.corrected(now, ct)
