@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import typer
 from rich.console import Console
 
 import genflow
-from genflow.errors import GenflowError, TrainingStopped
+from genflow.errors import GenflowError, SharedError, TrainingStopped, reports_errors
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -34,17 +35,31 @@ def fails_cleanly(command: Callable) -> Callable:
     def wrapper(*args, **kwargs):
         try:
             return command(*args, **kwargs)
+        except SharedError:
+            raise typer.Exit(EXIT_USAGE) from None  # the main process of the distributed run reports it
         except GenflowError as error:
-            print(f"genflow: error: {error}", file=sys.stderr)
+            print(f"genflow{rank_tag()}: error: {error}", file=sys.stderr)
             raise typer.Exit(EXIT_USAGE) from None
         except TrainingStopped as stopped:
-            print(f"genflow: {stopped}", file=sys.stderr)
+            if reports_errors():  # every process stops alike, on the same step
+                print(f"genflow: {stopped}", file=sys.stderr)
             raise typer.Exit(stopped.exit_code) from None
         except KeyboardInterrupt:
             print("genflow: interrupted", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def rank_tag() -> str:
+    """`` [rank N]`` in the messages of a distributed run's other processes, else nothing."""
+    return "" if reports_errors() else f" [rank {os.environ['RANK']}]"
+
+
+def say(text: str) -> None:
+    """Print a command's result line, once per run: in the main process of a distributed launch."""
+    if reports_errors():
+        print(text)
 
 
 def show_version(value: bool) -> None:

@@ -40,7 +40,7 @@ def evaluate(
     steps: Annotated[int | None, typer.Option(help="Solver steps.")] = None,
     grid: GridOption = None,
     n: Annotated[
-        int | None, typer.Option("--n", help="Samples to score (default and most: half the real data, or of each class).")
+        int | None, typer.Option("--n", "--num-samples", "-n", help="Samples to score (default and most: half the real data, or of each class).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for samples and the real-data split.")] = 0,
     class_spec: ClassOption = None,
@@ -72,9 +72,15 @@ def evaluate(
         result = {"samples": str(samples), **api.evaluate_samples_file(samples, dataset, seed)}
         title = f"{samples} ({result['n']} samples, {dataset})"
     else:
-        loaded = api.load(run, device)
-        result = {"run": str(loaded.path), "process": loaded.process.name}
-        result |= api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **conditioning, **(solver_options or {}))
+        from genflow.train.runtime import runtime_for
+
+        runtime = runtime_for(device)  # under torchrun: one share of the samples per process
+        loaded = api.load(run, str(runtime.device))
+        scores = api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **conditioning, runtime=runtime,
+                                  **(solver_options or {}))  # fmt: skip
+        if scores is None:
+            return  # another process's share, scored by the main process
+        result = {"run": str(loaded.path), "process": loaded.process.name} | scores
         cost = describe_cost(result["solver"], result["steps"], result["grid"], result["nfe"])
         guided = f", guidance {result['guidance']:g}" if "guidance" in result else ""
         title = f"{loaded.describe()} ({loaded.process.name}, {result['solver']}, {cost}{guided})"
@@ -150,7 +156,7 @@ def sweep(
     guidance: Annotated[
         str, typer.Option(help="Comma-separated classifier-free guidance scales (conditional runs; 1: the conditional model).")
     ] = "1",
-    n: Annotated[int | None, typer.Option("--n", help="Samples per point (default: the most the data allows).")] = None,
+    n: Annotated[int | None, typer.Option("--n", "--num-samples", "-n", help="Samples per point (default: the most the data allows).")] = None,
     seed: Annotated[int, typer.Option(help="The same seeds for every point.")] = 0,
     device: DeviceOption = "auto",
     out: Annotated[Path, typer.Option(help="Directory for sweep.csv, sweep.jsonl and sweep.png.")] = Path("sweep"),

@@ -36,7 +36,7 @@ def sample(
     steps: Annotated[int | None, typer.Option(help="Solver steps (default 20; adaptive solvers: 1).")] = None,
     grid: GridOption = None,
     n: Annotated[
-        int | None, typer.Option("--n", help="Number of samples; per class with --class (default 64; 8 each for several classes).")
+        int | None, typer.Option("--n", "--num-samples", "-n", help="Number of samples; per class with --class (default 64; 8 each for several classes); under torchrun spell it --num-samples.")
     ] = None,
     classes: ClassOption = None,
     guidance: GuidanceOption = 1.0,
@@ -58,15 +58,20 @@ def sample(
     --class (one grid row per class, the same seeds in every row), guided with --guidance."""
     from genflow.solvers.guidance import FULL_INTERVAL, parse_interval
 
+    from genflow.train.runtime import runtime_for
+
     api.check_scale(scale)
     interval = parse_interval(guidance_interval) if guidance_interval else FULL_INTERVAL
-    loaded = api.load(run, device)
+    runtime = runtime_for(device)  # under torchrun: one share of the samples per process
+    loaded = api.load(run, str(runtime.device))
     request = api.ClassRequest.of(loaded, classes, n, seed)
     api.check_conditioning(loaded, request.labels, guidance, interval)
     if out is not None:
         api.check_output(out, overwrite)  # before spending the sampling time
     images, stats = api.sample_run(loaded, request.n, solver, steps, grid, request.seeds, batch_size, request.labels,
-                                   guidance, interval, **(solver_options or {}))  # fmt: skip
+                                   guidance, interval, runtime, **(solver_options or {}))  # fmt: skip
+    if images is None:
+        return  # another process's share, gathered and written by the main process
     if out is None:
         out = api.samples_folder(loaded) / default_name(stats, request.n, seed, classes, guidance, guidance_interval)
         overwrite = True  # a name derived from every input: the same file each time

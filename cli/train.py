@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import genflow
-from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, with_flags
+from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, say, with_flags
 from genflow.config import resolve_config, route_assignments, to_toml, training_keys
 from genflow.data import DATASETS
 from genflow.errors import GenflowError
@@ -42,7 +42,17 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights, data order and noise.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
-    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast).")] = None,
+    precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast; also on CPUs with AMX or AVX-512 BF16).")] = None,
+    grad_accumulation: Annotated[
+        int | None, typer.Option(help="Micro-batches per step in each process (--batch-size stays the global batch).")
+    ] = None,
+    gradient_checkpointing: Annotated[
+        bool | None,
+        typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute activations in the backward pass (less memory)."),
+    ] = None,
+    compile: Annotated[
+        bool | None, typer.Option("--compile/--no-compile", help="torch.compile the backbone (slow first steps, faster after).")
+    ] = None,
     sample_every: Annotated[int | None, typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
     eval_every: Annotated[
         int | None, typer.Option(help="Log the Frechet distance to metrics.jsonl every N steps (digits).")
@@ -73,11 +83,13 @@ def train(
 ) -> None:
     """Train the shared UNet under a process (rectified flow on the embedded digits by default).
     Ctrl-C or SIGTERM saves a checkpoint and exits 130 or 143; --resume RUN continues it.
-    Every process option is a flag (below) or -o key=value."""
+    Every process option is a flag (below) or -o key=value. Under 'torchrun --nproc-per-node N
+    -m genflow train' (or 'accelerate launch') the same run trains on N processes."""
     assigned = route_assignments(parse_assignments(option or []))
     flags = {
         "dataset": dataset, "data_dir": data_dir, "conditional": conditional, "label_dropout": label_dropout, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
-        "device": device, "precision": precision, "sample_every": sample_every, "eval_every": eval_every,
+        "device": device, "precision": precision, "grad_accumulation": grad_accumulation,
+        "gradient_checkpointing": gradient_checkpointing, "compile": compile, "sample_every": sample_every, "eval_every": eval_every,
         "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "log_every": log_every,
         "warmup_steps": warmup_steps, "ema_decay": ema_decay, "final_grid": final_grid,
     }  # fmt: skip
@@ -89,11 +101,11 @@ def train(
         if print_config:
             raise GenflowError(f"--print-config shows a new run's config; a run's own is in {resume / 'config.json'}")
         run_dir = api.resume(resume, overrides | {"process": process}, reporter_for())
-        print(f"trained {run_dir} to step {api.read_run(run_dir).config['train']['steps']}")
+        say(f"trained {run_dir} to step {api.read_run(run_dir).config['train']['steps']}")
         return
     resolved = resolve_config(config, process, overrides)
     if print_config:
         print(to_toml(api.prepare(resolved).config), end="")
         return
     run_dir = api.train(resolved, out, overwrite, reporter_for())
-    print(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")
+    say(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")

@@ -4,11 +4,12 @@ it, load it, sample it, score it. Run files live in :mod:`genflow.runs`, the loo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from contextlib import AbstractContextManager, nullcontext
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 import genflow
@@ -31,11 +32,11 @@ from genflow.runs import files
 from genflow.runs import resume as resume_rules
 from genflow.runs.checkpoint import Checkpoint, newest_valid_checkpoint
 from genflow.runs.files import CONFIG, EMA_WEIGHTS, SAMPLES, checkpoint_status, read_run
-from genflow.sampling import SamplingStats
+from genflow.sampling import SamplingStats, per_sample_seeds
 from genflow.solvers.guidance import FULL_INTERVAL, check_guidance, class_rows, parse_classes
 from genflow.storage import load_matching, write_json
-from genflow.train import DenoisingObjective, SingleProcess, Trainer, TrainingSetup
-from genflow.train.runtime import Runtime, pick_device
+from genflow.train import DenoisingObjective, Trainer, TrainingSetup
+from genflow.train.runtime import Runtime, SingleProcess, pick_device, runtime_for
 from genflow.train.state import check_batch_size
 
 __all__ = [
@@ -87,7 +88,8 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetu
     file is written. The setup's config has its process options and backbone resolved."""
     config.validate()
     process = make_process(config.process, **config.process_options)
-    runtime = runtime or SingleProcess(config.device)
+    runtime = runtime or runtime_for(config.device)
+    config.check_divides(runtime.world_size)
     data, classes = training_data(config)
     images = data["images"]
     check_batch_size(config.batch_size, len(images))
@@ -115,24 +117,30 @@ def train(
     trains the same run today); the command line caps the warm-up (:func:`genflow.config.resolve_config`)."""
     setup = prepare(config, runtime)
     runtime = setup.runtime
-    run_dir = files.new_run_dir(out, config.process, overwrite)
+    run_dir = runtime.decide(lambda: files.new_run_dir(out, config.process, overwrite))
     with run_lock(run_dir, runtime):
-        if runtime.is_main:
-            files.clear_run(run_dir)
-            (run_dir / SAMPLES).mkdir()
-            write_json(
-                run_dir / CONFIG, files.run_record(setup.config, genflow.__version__, data_record(setup))
-            )
-            if files.is_default_location(out, run_dir):
-                files.point_latest(run_dir.parent, run_dir)  # now, so that 'genflow train --resume runs/latest' finds it
-        runtime.barrier()
+        runtime.decide(lambda: start_run_files(setup, run_dir, out))
         Trainer(setup, run_dir, reporter).run()
     return run_dir
 
 
-def run_lock(run_dir: Path, runtime: Runtime) -> AbstractContextManager:
-    """The run directory's lock, held by the process that writes."""
-    return files.exclusive_run(run_dir) if runtime.is_main else nullcontext()
+def start_run_files(setup: TrainingSetup, run_dir: Path, out: Path | None) -> None:
+    """A new run's directory emptied, with its ``samples`` folder and ``config.json``; a run in
+    the default location becomes ``runs/latest`` now, so that an interrupted one is found."""
+    files.clear_run(run_dir)
+    (run_dir / SAMPLES).mkdir()
+    write_json(run_dir / CONFIG, files.run_record(setup.config, genflow.__version__, data_record(setup)))
+    if files.is_default_location(out, run_dir):
+        files.point_latest(run_dir.parent, run_dir)
+
+
+@contextmanager
+def run_lock(run_dir: Path, runtime: Runtime) -> Iterator[None]:
+    """The run directory's lock, held by the process that writes; a run that another training
+    holds is refused in every process."""
+    with ExitStack() as held:
+        runtime.decide(lambda: held.enter_context(files.exclusive_run(run_dir)) and None)
+        yield
 
 
 def resume(
@@ -149,7 +157,7 @@ def resume(
     resume_rules.check_same_run(resume_rules.identity(saved, saved_data), resume_rules.identity(setup.config, data))
     path, reporter, runtime = run_files.path, reporter or SilentReporter(), setup.runtime
     with run_lock(path, runtime):
-        checkpoint = newest_valid_checkpoint(path, reporter.note)
+        checkpoint = runtime.decide(lambda: newest_valid_checkpoint(path, reporter.note))
         if checkpoint is None and (path / EMA_WEIGHTS).exists():
             raise GenflowError(
                 f"{path} has final weights but no checkpoint to resume from (it predates checkpoints); train a new run"
@@ -160,9 +168,7 @@ def resume(
         changes = resume_rules.changes(saved, setup.config)
         if changes:
             reporter.note("resume changes " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
-        if runtime.is_main:
-            record_resume(run_files, setup, checkpoint, changes)
-        runtime.barrier()
+        runtime.decide(lambda: record_resume(run_files, setup, checkpoint, changes))
         trainer = Trainer(setup, path, reporter)
         trainer.resume_from(checkpoint)
         trainer.run()
@@ -248,21 +254,38 @@ def sample_run(
     labels: Sequence[int] | None = None,
     guidance: float = 1.0,
     guidance_interval: Sequence[float] = FULL_INTERVAL,
+    runtime: Runtime | None = None,
     **solver_options: float | str,
-) -> tuple[Tensor, SamplingStats]:
+) -> tuple[Tensor | None, SamplingStats]:
     """``n`` samples of a loaded run, with the stats of how they were made; ``labels`` (one per
-    sample, or ``None``), ``guidance`` and ``seed`` (one, or one per sample) as in :func:`genflow.sample`."""
+    sample, or ``None``), ``guidance`` and ``seed`` (one, or one per sample) as in :func:`genflow.sample`.
+
+    Under a distributed ``runtime`` each process samples a contiguous share of the per-sample
+    seeds and the main process gathers them in order: the samples are those of one process
+    (per-sample seeds make them independent of the batch); the others get ``None``."""
     if n < 1:
         raise GenflowError(f"n must be >= 1, not {n}")
     check_conditioning(loaded, labels, guidance, guidance_interval)
     check_fixed_steps(solver or loaded.process.default_solver, steps)
-    config = loaded.model.config
-    stats = SamplingStats()
-    shape = (n, config.channels, config.resolution, config.resolution)
-    images = genflow.sample(loaded.model, loaded.process, shape=shape, solver=solver, steps=steps, grid=grid, seed=seed,
-                            batch_size=batch_size, stats=stats, labels=labels, guidance=guidance,
-                            guidance_interval=guidance_interval, **solver_options)  # fmt: skip
-    return images, stats
+    runtime = runtime or SingleProcess(next(loaded.model.parameters()).device)
+    share = process_share(n, runtime)
+    config, stats = loaded.model.config, SamplingStats()
+    shape = (len(share), config.channels, config.resolution, config.resolution)
+    seeds = per_sample_seeds(seed, n)[share.start : share.stop]
+    shared_labels = None if labels is None else list(labels)[share.start : share.stop]
+    images = genflow.sample(loaded.model, loaded.process, shape=shape, solver=solver, steps=steps, grid=grid, seed=seeds,
+                            batch_size=batch_size, stats=stats, labels=shared_labels, guidance=guidance,
+                            guidance_interval=guidance_interval, **solver_options) if share else \
+        torch.empty((0, *shape[1:]), device=runtime.device)  # fmt: skip
+    return runtime.gather_rows(images), stats
+
+
+def process_share(n: int, runtime: Runtime) -> range:
+    """The sample indices this process draws: ``n`` split into ``world_size`` contiguous parts
+    that differ in size by at most one."""
+    base, extra = divmod(n, runtime.world_size)
+    start = runtime.rank * base + min(runtime.rank, extra)
+    return range(start, start + base + (runtime.rank < extra))
 
 
 def check_conditioning(loaded: LoadedRun, labels: Sequence[int] | None, guidance: float, interval: Sequence[float]) -> None:
@@ -329,14 +352,16 @@ def check_fixed_steps(solver: str, steps: int | None) -> None:
 def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = None, steps: int | None = None,
                  grid: str | None = None, seed: int = 0, batch_size: int | None = None,
                  classes: str | Sequence[int] | None = None, guidance: float = 1.0,
-                 guidance_interval: Sequence[float] = FULL_INTERVAL, **solver_options: float | str) -> dict:  # fmt: skip
+                 guidance_interval: Sequence[float] = FULL_INTERVAL, runtime: Runtime | None = None,
+                 **solver_options: float | str) -> dict | None:  # fmt: skip
     """Sample ``n`` images and score them against the real data, floors included (``n``
     defaults to the most the data allows). A conditional run's samples cover ``classes``
     (``--class`` text or labels; default all) evenly at ``guidance``, and are scored against
     the real images of those classes, with class agreement and per-class Frechet distance
     beside per-class floors added (:func:`genflow.evaluation.plan_evaluation`). Classes or
     guidance for an unconditional run, and counts the scores cannot use, are refused before
-    the real data is loaded or anything sampled."""
+    the real data is loaded or anything sampled. Under a distributed ``runtime`` every process
+    samples its share and the main process scores them; the others get ``None``."""
     from genflow.evaluation import class_scores, plan_evaluation
 
     conditional = loaded.classes is not None
@@ -346,7 +371,9 @@ def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = N
     dataset, data = run_dataset(loaded)
     plan = plan_evaluation(data, loaded.classes, n, classes)
     images, stats = sample_run(loaded, plan.n, solver, steps, grid, seed, batch_size, plan.labels, guidance, guidance_interval,
-                               **solver_options)  # fmt: skip
+                               runtime, **solver_options)  # fmt: skip
+    if images is None:
+        return None
     result = {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
               "seconds": round(stats.seconds, 4), **score(images, plan.real, dataset, seed)}  # fmt: skip
     if conditional:

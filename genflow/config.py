@@ -50,6 +50,12 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    grad_accumulation: int = 1
+    """Micro-batches per optimizer step in each process; ``batch_size`` stays the global batch."""
+    gradient_checkpointing: bool = False
+    """Recompute the backbone's activations in the backward pass (less memory, more compute)."""
+    compile: bool = False
+    """``torch.compile`` the backbone for training."""
     log_every: int = 50
     sample_every: int = 500
     sample_steps: int = 20
@@ -61,7 +67,7 @@ class TrainConfig:
     max_nonfinite: int = 10
 
     def validate(self) -> TrainConfig:
-        for name in ("steps", "batch_size", "log_every", "sample_steps", "keep_checkpoints", "max_nonfinite"):
+        for name in ("steps", "batch_size", "grad_accumulation", "log_every", "sample_steps", "keep_checkpoints", "max_nonfinite"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise GenflowError(f"{name} must be a whole number >= 1, not {getattr(self, name)!r}")
         if min(self.sample_every, self.warmup_steps, self.eval_every, self.checkpoint_every) < 0:
@@ -80,6 +86,17 @@ class TrainConfig:
             raise GenflowError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.precision not in PRECISIONS:
             raise GenflowError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        return self
+
+    def check_divides(self, world_size: int) -> TrainConfig:
+        """Refuse a global batch that does not split evenly over ``world_size`` processes of
+        ``grad_accumulation`` micro-batches each."""
+        parts = world_size * self.grad_accumulation
+        if self.batch_size % parts:
+            raise GenflowError(
+                f"batch_size {self.batch_size} does not divide into {world_size} processes x {self.grad_accumulation} "
+                f"accumulation steps ({parts} equal parts); pick a batch size that is a multiple of {parts}"
+            )
         return self
 
     def to_dict(self) -> dict[str, Any]:

@@ -18,6 +18,19 @@ class IncompatibleError(GenflowError):
     """A valid solver asked to work with a process that lacks a capability it needs."""
 
 
+class SharedError(GenflowError):
+    """A :class:`GenflowError` met by the main process of a distributed run and raised alike in
+    every other, so that all stop together; the main process reports it."""
+
+
+def reports_errors() -> bool:
+    """Whether this process reports errors that every process meets alike: any process outside
+    a distributed launch, and rank 0 within one (``RANK``, set by torchrun and accelerate)."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
 class TrainingStopped(Exception):
     """Training ended early, on purpose or not; ``exit_code`` is what the command line returns."""
 

@@ -85,7 +85,7 @@ def sample(
     spec.check_process(process, options)
     times, grid_name = _time_grid(process, spec, grid, steps)
     n = _check_shape(shape)
-    seeds = _per_sample_seeds(seed, n)
+    seeds = per_sample_seeds(seed, n)
     conditioned = conditioning(model, labels, n, guidance, guidance_interval)
     batch_size = n if batch_size is None else batch_size
     if batch_size < 1:
@@ -108,7 +108,7 @@ def sample(
     return torch.cat(chunks)
 
 
-def _per_sample_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+def per_sample_seeds(seed: int | Sequence[int], n: int) -> list[int]:
     if isinstance(seed, int):
         return list(range(seed, seed + n))
     seeds = [int(s) for s in seed]

@@ -316,7 +316,8 @@ def test_the_loss_shows_the_model_dropped_labels_and_couples_by_true_ones(monkey
 
     objective = DenoisingObjective(make_process("cnf", coupling="ot"), label_dropout=0.5, null_label=3)
     labels = torch.tensor([0, 1, 2, 0, 1, 2, 0, 1])
-    objective.loss(model, {"images": torch.randn(8, 1, 2, 2), "labels": labels}, torch.Generator().manual_seed(0))
+    batch = objective.draw({"images": torch.randn(8, 1, 2, 2), "labels": labels}, torch.Generator().manual_seed(0))
+    objective.loss(model, batch)
     expected = objective.drop_labels(labels, torch.Generator().manual_seed(0))  # dropout draws first
     assert torch.equal(seen["labels"], expected) and (expected == 3).any() and (expected != 3).any()
     assert torch.equal(seen["groups"], labels)

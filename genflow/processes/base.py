@@ -183,19 +183,32 @@ class GaussianProcess(ABC):
         s = self.schedule(t).broadcast_to(x0)
         return s.alpha * x0 + s.sigma * eps
 
-    def training_loss(
-        self, model: Model, x0: Tensor, generator: torch.Generator | None = None, groups: Tensor | None = None
-    ) -> Tensor:
-        """Per-sample mean squared error of the prediction against its target, shape ``(B,)``;
-        ``groups`` (the classes of a conditional batch) keep any coupling within a group."""
+    def training_draws(
+        self, x0: Tensor, generator: torch.Generator | None = None, groups: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """The random part of a training step for the batch ``x0``: times from the training
+        distribution and noise ``eps`` (coupled to ``x0`` where the process couples; ``groups``,
+        the classes of a conditional batch, keep any coupling within a group). Drawn for the
+        global batch, so that every process of a distributed run slices the same draws."""
         t = self.sample_training_times(x0.shape[0], generator, x0.device)
         eps = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-        eps = self.couple(x0, eps, groups)
+        return t, self.couple(x0, eps, groups)
+
+    def loss_at(self, model: Model, x0: Tensor, t: Tensor, eps: Tensor) -> Tensor:
+        """Per-sample mean squared error of the prediction at ``x_t = alpha_t x0 + sigma_t eps``
+        against its target, shape ``(B,)`` (Ho et al. 2020, eq. 14; Lipman et al. 2023, eq. 9)."""
         s = self.schedule(t).broadcast_to(x0)
         x_t = s.alpha * x0 + s.sigma * eps
         target = from_x0_eps(self.prediction, x0, eps, s)
         error = (model(x_t, t.to(x0.dtype)) - target) ** 2
         return error.flatten(1).mean(dim=1)
+
+    def training_loss(
+        self, model: Model, x0: Tensor, generator: torch.Generator | None = None, groups: Tensor | None = None
+    ) -> Tensor:
+        """Per-sample training loss of the batch ``x0``, shape ``(B,)``: :meth:`loss_at` at
+        fresh :meth:`training_draws`."""
+        return self.loss_at(model, x0, *self.training_draws(x0, generator, groups))
 
     # --- description ------------------------------------------------------------------
     def options(self) -> dict[str, object]:

@@ -10,7 +10,7 @@ from genflow.errors import GenflowError
 from genflow.processes import PROCESSES
 from genflow.runs.files import RECORDED_APART
 
-RESUMABLE = frozenset({"steps", "device", "precision", "data_dir", "log_every", "sample_every", "sample_steps",
+RESUMABLE = frozenset({"steps", "device", "precision", "grad_accumulation", "gradient_checkpointing", "compile", "data_dir", "log_every", "sample_every", "sample_steps",
                        "eval_every", "eval_n", "checkpoint_every", "keep_checkpoints", "max_nonfinite", "final_grid"})  # fmt: skip
 
 

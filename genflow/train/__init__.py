@@ -3,7 +3,7 @@ that gives a step its loss, and the runtime that answers rank-dependent question
 
 from genflow.train.loop import GRID_SAMPLES, StopSignals, Trainer, TrainingSetup, update_ema
 from genflow.train.objective import DenoisingObjective, Objective
-from genflow.train.runtime import Runtime, SingleProcess, pick_device
+from genflow.train.runtime import Runtime, SingleProcess, pick_device, runtime_for
 from genflow.train.state import Batch, MinibatchStream, TrainingState, warmup_cosine
 
 __all__ = [
@@ -19,6 +19,7 @@ __all__ = [
     "TrainingSetup",
     "TrainingState",
     "pick_device",
+    "runtime_for",
     "update_ema",
     "warmup_cosine",
 ]

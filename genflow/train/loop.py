@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Self
@@ -111,6 +112,7 @@ class Trainer:
         self.runtime = setup.runtime
         self.reporter = reporter if reporter is not None and self.runtime.is_main else SilentReporter()
         self.state = self.fresh_state()
+        self.trainable = self.runtime.wrap(self.state.model)
         self.metrics: MetricsLog | None = None
         self.grid_seconds = 0.0
 
@@ -118,6 +120,10 @@ class Trainer:
         torch.manual_seed(self.config.seed)
         model = Preconditioner(self.setup.unet_config, self.setup.process.schedule).to(self.runtime.device)
         ema = copy.deepcopy(model).requires_grad_(False)
+        if self.config.gradient_checkpointing:
+            model.unet.enable_gradient_checkpointing()  # diffusers' activation recomputation (Chen et al. 2016)
+        if self.config.compile:
+            model.unet.compile()  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
         data = {key: values.to(self.runtime.device) for key, values in self.setup.data.items()}
         return TrainingState.fresh(self.config, model, ema, data)
 
@@ -184,12 +190,12 @@ class Trainer:
                         self.advise_on_pace((state.seconds - first_done) / PACE_STEPS)
                     self.log(loss)
                     self.periodic()
-                    stop = self.runtime.any_true(signals.received is not None) and state.step < config.steps
+                    stop = self.runtime.largest(signals.received or 0) if state.step < config.steps else 0
                     if stop or (config.checkpoint_every and state.step % config.checkpoint_every == 0):
                         self.save_checkpoint()
                         saved_step = state.step
                     if stop:
-                        raise self.interrupted(signals.received or signal.SIGTERM)
+                        raise self.interrupted(stop)
                 if saved_step != state.step:
                     self.save_checkpoint()
                 self.finish()
@@ -198,23 +204,36 @@ class Trainer:
                 self.metrics.close()
 
     def step(self) -> Tensor | None:
-        """One AdamW step on the next minibatch; returns the (detached) loss, or ``None`` (and no
-        change) when the loss or the gradient norm is not finite. The LR schedule advances either
-        way, so it follows the step. The finiteness check is the step's one device sync; the loss
-        is read to the host only when it is logged."""
-        config, state = self.config, self.state
-        batch = self.runtime.shard(state.batches.next())
-        with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
-            loss = self.setup.objective.loss(state.model, batch, state.noise).mean()
-        loss.backward()
+        """One AdamW step on the next global minibatch; returns its (detached) mean loss over
+        every process, or ``None`` (and no change) when the loss or the gradient norm is not
+        finite in any process. The LR schedule advances either way, so it follows the step.
+
+        The objective draws the global batch's noise, so this process's slice (and its
+        ``grad_accumulation`` micro-batches) sees exactly the draws a one-process run would:
+        each micro-batch's summed loss is scaled by ``world_size / batch_size``, which after
+        DDP's average over processes is the global batch's mean. The finiteness check is the
+        step's one device sync; the loss is read to the host only when it is logged."""
+        config, state, runtime = self.config, self.state, self.runtime
+        batch = runtime.shard(self.setup.objective.draw(state.batches.next(), state.noise))
+        parts = micro_batches(batch, config.grad_accumulation)
+        scale, loss_sum = runtime.world_size / config.batch_size, torch.zeros((), device=state.device)
+        for index, part in enumerate(parts):
+            last = index == len(parts) - 1
+            with nullcontext() if last else runtime.without_sync(self.trainable):
+                with torch.autocast(state.device.type, dtype=torch.bfloat16, enabled=config.precision == "bf16"):
+                    losses = self.setup.objective.loss(self.trainable, part).float()
+                (losses.sum() * scale).backward()
+            loss_sum += losses.detach().sum()
         norm = nn.utils.clip_grad_norm_(state.model.parameters(), config.grad_clip)
-        finite = self.runtime.all_true(bool(torch.isfinite(loss) & torch.isfinite(norm)))  # one device sync per step
+        nonfinite = ~(torch.isfinite(loss_sum) & torch.isfinite(norm))
+        total = runtime.total(torch.stack([loss_sum, nonfinite.float()]))
+        finite = not bool(total[1])  # one device sync per step
         if finite:
             state.optimizer.step()
             update_ema(state.ema, state.model, config.ema_decay, state.step)
         state.optimizer.zero_grad(set_to_none=True)
         state.schedule.step()
-        return loss.detach() if finite else None
+        return total[0] / config.batch_size if finite else None
 
     def count_nonfinite(self, skipped: bool) -> None:
         state = self.state
@@ -286,11 +305,7 @@ class Trainer:
             raise TrainingDiverged(
                 f"weights became non-finite by step {state.step} and were not saved; {describe_latest(run_dir)}; lower --lr"
             )
-        path = run_dir / CHECKPOINTS / f"step-{state.step:08d}"
-        if self.runtime.is_main:
-            path = self.write_checkpoint()
-        self.runtime.barrier()
-        return path
+        return self.runtime.decide(self.write_checkpoint)
 
     def write_checkpoint(self) -> Path:
         state, run_dir = self.state, self.run_dir
@@ -317,8 +332,9 @@ class Trainer:
         ``model``/``ema.safetensors``)."""
         if self.config.final_grid:
             self.sample_grid(self.config.steps)
-        if not self.runtime.is_main:
-            return
+        self.runtime.decide(self.write_final_weights)
+
+    def write_final_weights(self) -> None:
         try:
             save_weights(self.run_dir / RAW_WEIGHTS, self.state.model.unet)
             save_weights(self.run_dir / EMA_WEIGHTS, self.state.ema.unet)
@@ -327,3 +343,9 @@ class Trainer:
                 f"cannot write the final weights in {self.run_dir} ({error.strerror or error}); {describe_latest(self.run_dir)}: "
                 f"free space, then 'genflow train --resume {self.run_dir}'"
             ) from None
+
+
+def micro_batches(batch: Mapping[str, Tensor], count: int) -> list[dict[str, Tensor]]:
+    """``batch`` cut into ``count`` equal consecutive parts (gradient accumulation)."""
+    size = len(batch["images"]) // count
+    return [{key: values[i * size : (i + 1) * size] for key, values in batch.items()} for i in range(count)]

@@ -16,28 +16,40 @@ from genflow.train.state import Batch
 
 
 class Objective(Protocol):
-    """``objective.loss(model, batch, generator) -> (B,)`` per-sample losses; every random draw
-    comes from ``generator`` (the run's seeded training-noise stream), so resume is exact."""
+    """A training objective in two parts. ``objective.draw(batch, generator)`` adds a global
+    batch's random draws (times, noise, dropped labels) from ``generator``, the run's seeded
+    training-noise stream, so resume is exact and every process of a distributed run draws
+    the same; ``objective.loss(model, batch) -> (B,)`` is then a deterministic per-sample loss
+    of any slice of that batch."""
 
-    def loss(self, model: Model, batch: Batch, generator: torch.Generator) -> Tensor: ...
+    def draw(self, batch: Batch, generator: torch.Generator) -> Batch: ...
+
+    def loss(self, model: Model, batch: Batch) -> Tensor: ...
 
 
 class DenoisingObjective:
     """The process's own denoising loss on ``batch["images"]`` (given ``batch["labels"]`` when
     the batch has them, some dropped to the null label): a time from the process's
     training distribution, ``x_t = alpha x0 + sigma eps``, and the squared error of the
-    prediction against its target (:meth:`GaussianProcess.training_loss`; Ho et al. 2020,
+    prediction against its target (:meth:`GaussianProcess.loss_at`; Ho et al. 2020,
     eq. 14; Lipman et al. 2023, eq. 9; Liu et al. 2022, eq. 1)."""
 
     def __init__(self, process: GaussianProcess, label_dropout: float = 0.0, null_label: int | None = None) -> None:
         self.process, self.label_dropout, self.null_label = process, label_dropout, null_label
 
-    def loss(self, model: Model, batch: Batch, generator: torch.Generator) -> Tensor:
+    def draw(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """``batch`` with ``times`` and ``noise`` added and its ``labels`` (if any) partly dropped."""
         images, labels = batch["images"], batch.get("labels")
-        if labels is None:
-            return self.process.training_loss(model, images, generator)
-        shown = self.drop_labels(labels, generator)
-        return self.process.training_loss(functools.partial(model, labels=shown), images, generator, groups=labels)
+        drawn = dict(batch)
+        if labels is not None:
+            drawn["labels"] = self.drop_labels(labels, generator)
+        drawn["times"], drawn["noise"] = self.process.training_draws(images, generator, groups=labels)
+        return drawn
+
+    def loss(self, model: Model, batch: Batch) -> Tensor:
+        labels = batch.get("labels")
+        conditioned = model if labels is None else functools.partial(model, labels=labels)
+        return self.process.loss_at(conditioned, batch["images"], batch["times"], batch["noise"])
 
     def drop_labels(self, labels: Tensor, generator: torch.Generator) -> Tensor:
         """``labels`` with each replaced by the null label with probability ``label_dropout``,

@@ -1,19 +1,28 @@
 """Every decision that depends on which process is running: the device, who writes run files,
-which slice of the global batch is this process's, and agreeing to stop.
+which slice of the global batch is this process's, and agreeing on what to do next.
 
-:class:`SingleProcess` is the runtime of a plain ``genflow train``. A ``torch.distributed``
-runtime answers the same questions for several processes (rank 0 writes; each rank takes
-its slice; flags are all-reduced), and the training loop does not change.
+:class:`SingleProcess` is the runtime of a plain ``genflow train``. :class:`Distributed`
+(:mod:`genflow.train.distributed`) answers the same questions for the processes of a
+``torchrun`` or ``accelerate launch`` job with ``torch.distributed``: rank 0 writes and
+decides, each rank takes its slice, gradients are averaged by DDP, flags are all-reduced.
+The training loop and the commands do not change; :func:`runtime_for` picks the runtime
+from the launcher's environment.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from typing import Protocol, TypeVar
 
 import torch
+from torch import Tensor, nn
 
 from genflow.errors import GenflowError
 from genflow.train.state import Batch
+
+T = TypeVar("T")
 
 
 def pick_device(name: str) -> torch.device:
@@ -27,7 +36,7 @@ def pick_device(name: str) -> torch.device:
 
 
 class Runtime(Protocol):
-    """What the training loop asks about the processes it runs in."""
+    """What training, sampling and the commands ask about the processes they run in."""
 
     device: torch.device
     rank: int
@@ -39,20 +48,47 @@ class Runtime(Protocol):
         ...
 
     def shard(self, batch: Batch) -> Batch:
-        """This process's slice of a global batch."""
+        """This process's slice of a global batch (rows ``rank * B / N`` up to the next rank's)."""
         ...
 
-    def all_true(self, flag: bool) -> bool:
-        """Whether ``flag`` holds in every process (all processes get the same answer)."""
+    def wrap(self, model: nn.Module) -> nn.Module:
+        """``model`` as the training step calls it: its gradients averaged over the processes."""
         ...
 
-    def any_true(self, flag: bool) -> bool:
-        """Whether ``flag`` holds in at least one process."""
+    def without_sync(self, wrapped: nn.Module) -> AbstractContextManager:
+        """A context in which backward passes through ``wrapped`` accumulate locally, unsynchronized."""
+        ...
+
+    def total(self, values: Tensor) -> Tensor:
+        """``values`` summed over the processes (every process gets the sum)."""
+        ...
+
+    def largest(self, value: int) -> int:
+        """The largest of the processes' ``value`` (every process gets it)."""
+        ...
+
+    def decide(self, decision: Callable[[], T]) -> T:
+        """Run ``decision`` in the main process only and give its result to every process; a
+        :class:`GenflowError` it raises is raised, with the same message, in every process."""
+        ...
+
+    def gather_rows(self, rows: Tensor) -> Tensor | None:
+        """The processes' ``rows`` concatenated in rank order, in the main process (``None`` elsewhere)."""
         ...
 
     def barrier(self) -> None:
         """Wait until every process gets here."""
         ...
+
+
+def all_true(runtime: Runtime, flag: bool) -> bool:
+    """Whether ``flag`` holds in every process (all processes get the same answer)."""
+    return runtime.largest(int(not flag)) == 0
+
+
+def any_true(runtime: Runtime, flag: bool) -> bool:
+    """Whether ``flag`` holds in at least one process."""
+    return runtime.largest(int(flag)) == 1
 
 
 class SingleProcess:
@@ -71,11 +107,42 @@ class SingleProcess:
     def shard(self, batch: Batch) -> Batch:
         return batch
 
-    def all_true(self, flag: bool) -> bool:
-        return flag
+    def wrap(self, model: nn.Module) -> nn.Module:
+        return model
 
-    def any_true(self, flag: bool) -> bool:
-        return flag
+    def without_sync(self, wrapped: nn.Module) -> AbstractContextManager:
+        return nullcontext()
+
+    def total(self, values: Tensor) -> Tensor:
+        return values
+
+    def largest(self, value: int) -> int:
+        return value
+
+    def decide(self, decision: Callable[[], T]) -> T:
+        return decision()
+
+    def gather_rows(self, rows: Tensor) -> Tensor | None:
+        return rows
 
     def barrier(self) -> None:
         pass
+
+
+LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
+"""What ``torchrun`` and ``accelerate launch`` set in each process they start."""
+
+
+def launched_distributed() -> bool:
+    """Whether this process was started by a distributed launcher (``WORLD_SIZE`` set)."""
+    return "WORLD_SIZE" in os.environ
+
+
+def runtime_for(device: str) -> Runtime:
+    """The runtime of this process: :class:`Distributed` under ``torchrun`` or ``accelerate
+    launch`` (one process per device), else :class:`SingleProcess` on ``device``."""
+    if not launched_distributed():
+        return SingleProcess(device)
+    from genflow.train.distributed import Distributed
+
+    return Distributed.from_environment(device)
