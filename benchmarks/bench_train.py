@@ -6,8 +6,8 @@ eps MSE, AdamW, gradient clipping. genflow's step adds what it always does (the 
 global draws, LR schedule, EMA, the finiteness check). Variants: fp32, ``--precision bf16``
 (autocast), ``--grad-accumulation 2``, ``--gradient-checkpointing`` and ``--compile``. All run
 in alternating rounds in one process after warm-up steps; the script prints median images/s,
-the ratio to the plain loop, and peak memory: on CUDA ``torch.cuda.max_memory_allocated``,
-on the CPU the rise of a fresh process's peak resident memory over its resident memory once
+the ratio to the plain loop, and peak memory: on CUDA the rise of ``torch.cuda.max_memory_allocated``
+during a timed round over what was allocated before it (activations and gradients), on the CPU the rise of a fresh process's peak resident memory over its resident memory once
 torch, diffusers and the data are loaded (Linux's ``/proc/self/clear_refs`` resets the peak).
 
     python benchmarks/bench_train.py [--sizes 8 32] [--batch 128] [--steps 20] [--rounds 5] [--device cpu]
@@ -92,13 +92,18 @@ def make_step(variant: str, data: torch.Tensor, batch: int, device: torch.device
     return make(data, batch, device, VARIANTS[variant])
 
 
-def timed(step: Callable[[], None], steps: int, batch: int, device: torch.device) -> float:
+def timed(step: Callable[[], None], steps: int, batch: int, device: torch.device) -> tuple[float, float]:
+    """Images per second over ``steps`` steps, and on CUDA the memory the steps needed (MiB)."""
     synchronize(device)
+    before = torch.cuda.memory_allocated(device) if device.type == "cuda" else 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()
     for _ in range(steps):
         step()
     synchronize(device)
-    return steps * batch / (time.perf_counter() - started)
+    rate = steps * batch / (time.perf_counter() - started)
+    return rate, (torch.cuda.max_memory_allocated(device) - before) / 2**20 if device.type == "cuda" else 0.0
 
 
 def synchronize(device: torch.device) -> None:
@@ -106,17 +111,8 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def peak_memory_mib(variant: str, size: int, batch: int, device: torch.device, warmup: int) -> float:
-    """Peak memory of ``warmup + 3`` steps of the variant: CUDA's allocator peak, or the peak
-    resident memory of a fresh CPU process."""
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-        step = make_step(variant, images_at(size, device), batch, device)
-        for _ in range(warmup + 3):
-            step()
-        synchronize(device)
-        return torch.cuda.max_memory_allocated(device) / 2**20
+def cpu_peak_memory_mib(variant: str, size: int, batch: int, warmup: int) -> float:
+    """The rise in peak resident memory of a fresh CPU process over ``warmup + 3`` steps of the variant."""
     command = [sys.executable, __file__, "--peak-of", variant, "--sizes", str(size), "--batch", str(batch), "--warmup", str(warmup)]
     return float(subprocess.run(command, capture_output=True, text=True, check=True).stdout.strip())
 
@@ -143,21 +139,25 @@ def status_kib(field: str) -> int:
 
 def bench_size(size: int, args: argparse.Namespace, device: torch.device) -> list[dict]:
     data = images_at(size, device)
-    steps = {name: make_step(name, data, args.batch, device) for name in VARIANTS}
+    steps = {name: make_step(name, data, args.batch, device) for name in args.variants}
     for step in steps.values():
         for _ in range(args.warmup):
             step()
-    rates: dict[str, list[float]] = {name: [] for name in VARIANTS}
+    rates: dict[str, list[float]] = {name: [] for name in steps}
+    memory: dict[str, float] = {name: 0.0 for name in steps}
     for _ in range(args.rounds):
         for name, step in steps.items():
-            rates[name].append(timed(step, args.steps, args.batch, device))
+            rate, needed = timed(step, args.steps, args.batch, device)
+            rates[name].append(rate)
+            memory[name] = max(memory[name], needed)
     plain = statistics.median(rates["plain diffusers fp32"])
     rows = []
-    for name in VARIANTS:
+    for name in steps:
         rate = statistics.median(rates[name])
-        memory = peak_memory_mib(name, size, args.batch, device, args.warmup)
+        if device.type == "cpu":
+            memory[name] = cpu_peak_memory_mib(name, size, args.batch, args.warmup)
         rows.append({"size": size, "variant": name, "images_per_s": round(rate, 1), "ratio_to_plain_fp32": round(rate / plain, 3),
-                     "peak_mib": round(memory, 1), "batch": args.batch, "device": str(device)})  # fmt: skip
+                     "peak_mib": round(memory[name], 1), "batch": args.batch, "device": str(device)})  # fmt: skip
     return rows
 
 
@@ -169,6 +169,8 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=3, help="untimed steps first (compile happens here)")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS), metavar="VARIANT",
+                        help="the variants to run (default all; the plain fp32 loop always runs)")
     parser.add_argument("--json", type=Path, help="also write the rows as JSON lines here")
     parser.add_argument("--peak-of", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -176,6 +178,7 @@ def main() -> None:
         print_peak_of(args.peak_of, args.sizes[0], args.batch, args.warmup)
         return
     device = torch.device(args.device)
+    args.variants = ["plain diffusers fp32", *(v for v in args.variants if v != "plain diffusers fp32")]
     print(f"batch {args.batch}, {args.steps} steps x {args.rounds} rounds after {args.warmup} warm-up, device {device}, "
           f"torch {torch.__version__}, {torch.get_num_threads()} threads")  # fmt: skip
     rows = [row for size in args.sizes for row in bench_size(size, args, device)]

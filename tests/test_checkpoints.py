@@ -191,14 +191,14 @@ def flaky_training(run: Path, bad: set[int], monkeypatch, **changes) -> Recorder
     config = tiny_config(**changes)
     setup = api.prepare(config)
     process_class, calls = type(setup.process), []
-    real_loss = process_class.training_loss
+    real_loss = process_class.loss_at
 
-    def flaky_loss(self, model, x0, generator=None):
+    def flaky_loss(self, model, x0, t, eps):
         calls.append(1)
-        loss = real_loss(self, model, x0, generator)
+        loss = real_loss(self, model, x0, t, eps)
         return loss * float("nan") if len(calls) in bad else loss
 
-    monkeypatch.setattr(process_class, "training_loss", flaky_loss)
+    monkeypatch.setattr(process_class, "loss_at", flaky_loss)
     (run / "samples").mkdir(parents=True)
     recorder = Recorder()
     Trainer(setup, run, recorder).run()

@@ -123,7 +123,7 @@ class Trainer:
         if self.config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()  # diffusers' activation recomputation (Chen et al. 2016)
         if self.config.compile:
-            model.unet.compile()  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
+            model.unet.compile(dynamic=False)  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
         data = {key: values.to(self.runtime.device) for key, values in self.setup.data.items()}
         return TrainingState.fresh(self.config, model, ema, data)
 
