@@ -14,6 +14,7 @@ are not finite are never saved.
 from __future__ import annotations
 
 import copy
+import os
 import signal
 import threading
 import time
@@ -123,7 +124,7 @@ class Trainer:
         if self.config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()  # diffusers' activation recomputation (Chen et al. 2016)
         if self.config.compile:
-            model.unet.compile(dynamic=False)  # in place: the state dict keeps its keys, so checkpoints stay interchangeable
+            model.unet.compile(dynamic=False, backend=os.environ.get("GENFLOW_COMPILE_BACKEND", "inductor"))  # in place: same state dict keys
         data = {key: values.to(self.runtime.device) for key, values in self.setup.data.items()}
         return TrainingState.fresh(self.config, model, ema, data)
 
