@@ -25,7 +25,7 @@ from genflow.cli.core import (
     solver_flags,
     with_flags,
 )
-from genflow.errors import GenflowError
+from genflow.errors import GenflowError, reports_errors
 from genflow.lazy import lazy_import
 
 api = lazy_import("genflow.api")  # torch and diffusers: imported when a command runs
@@ -69,6 +69,8 @@ def evaluate(
     if samples is not None and (class_spec is not None or guidance != 1 or guidance_interval is not None):
         raise GenflowError("--class, --guidance and --guidance-interval sample a conditional run; --samples scores a file")
     if samples is not None:
+        if not reports_errors():
+            return  # a samples file is scored once, by the main process of a distributed launch
         result = {"samples": str(samples), **api.evaluate_samples_file(samples, dataset, seed)}
         title = f"{samples} ({result['n']} samples, {dataset})"
     else:
@@ -167,7 +169,10 @@ def sweep(
     agreement against NFE (guidance costs two network evaluations a step). Guidance other than
     1 is skipped for unconditional runs."""
     from genflow.sweeps import parse_list, run_sweep
+    from genflow.train.runtime import launched_distributed
 
+    if launched_distributed():
+        raise GenflowError("genflow sweep runs as one process; launch it without torchrun (eval and sample split across processes)")
     rows = run_sweep(runs, parse_list(solvers, str), parse_list(steps, int), grid, n, seed, device, out, overwrite,
                      progress=sys.stderr, guidances=parse_list(guidance, float))  # fmt: skip
     print(f"{len(rows)} points -> {out / 'sweep.csv'}, {out / 'sweep.jsonl'}, {out / 'sweep.png'}")

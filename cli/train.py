@@ -105,7 +105,7 @@ def train(
         return
     resolved = resolve_config(config, process, overrides)
     if print_config:
-        print(to_toml(api.prepare(resolved).config), end="")
+        say(to_toml(api.prepare(resolved).config).rstrip("\n"))
         return
     run_dir = api.train(resolved, out, overwrite, reporter_for())
     say(f"trained {resolved.process} for {resolved.steps} steps -> {run_dir}")

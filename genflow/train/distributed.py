@@ -121,6 +121,3 @@ class Distributed:
         parts = [torch.empty_like(padded) for _ in counts] if self.is_main else None
         dist.gather(padded, parts, dst=MAIN)
         return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)]) if self.is_main else None
-
-    def barrier(self) -> None:
-        dist.barrier()

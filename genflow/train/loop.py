@@ -155,9 +155,18 @@ class Trainer:
         labels = f", conditional on {len(classes)} classes with label dropout {config.label_dropout:g}" if classes else ""
         return (
             f"{self.run_dir}: {config.process} on {config.dataset} ({len(images)} images of {tuple(images.shape[1:])}{labels}), "
-            f"steps {self.state.step + 1}..{config.steps} of batch {config.batch_size} on {self.runtime.device}, "
+            f"steps {self.state.step + 1}..{config.steps} of batch {config.batch_size} on {self.describe_hardware()}, "
             f"lr {config.lr:g} after {config.warmup_steps} warm-up steps, ema {config.ema_decay:g}"
         )
+
+    def describe_hardware(self) -> str:
+        """``cpu``, or ``2 processes (cuda:0 here), bf16, grad accumulation 2, compiled``: where and how the steps run."""
+        config, runtime = self.config, self.runtime
+        where = f"{runtime.world_size} processes ({runtime.device} here)" if runtime.world_size > 1 else str(runtime.device)
+        how = [config.precision] if config.precision != "fp32" else []
+        how += [f"grad accumulation {config.grad_accumulation}"] if config.grad_accumulation > 1 else []
+        how += ["gradient checkpointing"] * config.gradient_checkpointing + ["compiled"] * config.compile
+        return ", ".join([where, *how])
 
     def advise_on_pace(self, seconds_per_step: float) -> None:
         """Early in a session: say how long the rest will take when it is long."""

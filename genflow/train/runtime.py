@@ -76,20 +76,6 @@ class Runtime(Protocol):
         """The processes' ``rows`` concatenated in rank order, in the main process (``None`` elsewhere)."""
         ...
 
-    def barrier(self) -> None:
-        """Wait until every process gets here."""
-        ...
-
-
-def all_true(runtime: Runtime, flag: bool) -> bool:
-    """Whether ``flag`` holds in every process (all processes get the same answer)."""
-    return runtime.largest(int(not flag)) == 0
-
-
-def any_true(runtime: Runtime, flag: bool) -> bool:
-    """Whether ``flag`` holds in at least one process."""
-    return runtime.largest(int(flag)) == 1
-
 
 class SingleProcess:
     """One process on one device: it writes, its batch is the global batch, its word is final."""
@@ -124,9 +110,6 @@ class SingleProcess:
 
     def gather_rows(self, rows: Tensor) -> Tensor | None:
         return rows
-
-    def barrier(self) -> None:
-        pass
 
 
 LAUNCHER_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
