@@ -36,19 +36,33 @@ def fails_cleanly(command: Callable) -> Callable:
         try:
             return command(*args, **kwargs)
         except SharedError:
-            raise typer.Exit(EXIT_USAGE) from None  # the main process of the distributed run reports it
+            let_the_main_process_report()
+            raise typer.Exit(EXIT_USAGE) from None
         except GenflowError as error:
             print(f"genflow{rank_tag()}: error: {error}", file=sys.stderr)
             raise typer.Exit(EXIT_USAGE) from None
         except TrainingStopped as stopped:
             if reports_errors():  # every process stops alike, on the same step
                 print(f"genflow: {stopped}", file=sys.stderr)
+            else:
+                let_the_main_process_report()
             raise typer.Exit(stopped.exit_code) from None
         except KeyboardInterrupt:
             print("genflow: interrupted", file=sys.stderr)
             raise typer.Exit(EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+REPORT_GRACE_SECONDS = 3.0
+"""How long another process of a distributed run waits before exiting with an error that the
+main process reports: a launcher stops every process as soon as one exits with an error."""
+
+
+def let_the_main_process_report() -> None:
+    import time
+
+    time.sleep(REPORT_GRACE_SECONDS)
 
 
 def rank_tag() -> str:

@@ -123,3 +123,13 @@ def test_a_nonfinite_loss_in_one_rank_is_skipped_by_both(preset, one_process, tm
     weights = load_file(run / "model.safetensors")
     assert all(torch.isfinite(w).all() for w in weights.values())
     assert max_difference(run, one_process) > 10 * WEIGHT_TOLERANCE  # two steps fewer: a different, finite run
+
+
+def test_a_failed_save_in_rank_0_stops_every_rank_with_one_line(preset, tmp_path):
+    run = tmp_path / "run"
+    failed = launch("--full-disk-at", 20, "--", "--config", preset, "--out", run, module=False)
+    assert failed.returncode != 0 and "exitcode  : 2" in failed.stderr, failed.stderr[-2000:]
+    errors = [line for line in failed.stderr.splitlines() if line.startswith("genflow")]
+    assert len(errors) == 1 and errors[0].startswith("genflow: error: cannot save the checkpoint at step 20"), errors
+    assert "No space left on device" in errors[0] and "the previous checkpoint step-00000010 is intact" in errors[0]
+    assert latest_name(run) == "step-00000010" and not (run / "model.safetensors").exists()

@@ -98,20 +98,23 @@ class Distributed:
         return int(flag.item())
 
     def decide(self, decision: Callable[[], T]) -> T:
-        outcome: list[object] = [None]
-        if self.is_main:
-            try:
-                outcome[0] = ("ok", decision())
-            except GenflowError as error:
-                outcome[0] = ("error", str(error))
-            except Exception as error:
-                dist.broadcast_object_list([("error", f"rank 0 failed: {error!r:.300}")], src=MAIN)
-                raise
-        dist.broadcast_object_list(outcome, src=MAIN)
-        kind, value = outcome[0]
-        if kind == "error":
-            raise SharedError(value)
-        return value
+        if not self.is_main:
+            outcome: list[object] = [None]
+            dist.broadcast_object_list(outcome, src=MAIN)
+            kind, value = outcome[0]
+            if kind == "error":
+                raise SharedError(value)
+            return value
+        try:
+            result = decision()
+        except GenflowError as error:
+            dist.broadcast_object_list([("error", str(error))], src=MAIN)
+            raise
+        except Exception as error:
+            dist.broadcast_object_list([("error", f"rank 0 failed: {error!r:.300}")], src=MAIN)
+            raise
+        dist.broadcast_object_list([("ok", result)], src=MAIN)
+        return result
 
     def gather_rows(self, rows: Tensor) -> Tensor | None:
         counts: list[int] = [0] * self.world_size
