@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from genflow.errors import GenflowError, SharedError
 from genflow.train.runtime import LAUNCHER_VARIABLES
-from genflow.train.state import Batch
+from genflow.train.state import Batch, batch_rows
 
 T = TypeVar("T")
 MAIN = 0
@@ -76,7 +76,7 @@ class Distributed:
 
     def shard(self, batch: Batch) -> Batch:
         size = len(batch["images"]) // self.world_size
-        return {key: values[self.rank * size : (self.rank + 1) * size] for key, values in batch.items()}
+        return batch_rows(batch, self.rank * size, (self.rank + 1) * size)
 
     def wrap(self, model: nn.Module) -> nn.Module:
         """``DistributedDataParallel`` over ``model``: its gradients are averaged over the ranks

@@ -40,7 +40,7 @@ from genflow.solvers.guidance import class_rows
 from genflow.storage import save_weights
 from genflow.train.objective import Objective
 from genflow.train.runtime import Runtime
-from genflow.train.state import TrainingState
+from genflow.train.state import TrainingState, batch_rows
 
 GRID_SAMPLES = 64
 GRID_PER_CLASS = 8
@@ -358,4 +358,4 @@ class Trainer:
 def micro_batches(batch: Mapping[str, Tensor], count: int) -> list[dict[str, Tensor]]:
     """``batch`` cut into ``count`` equal consecutive parts (gradient accumulation)."""
     size = len(batch["images"]) // count
-    return [{key: values[i * size : (i + 1) * size] for key, values in batch.items()} for i in range(count)]
+    return [batch_rows(batch, i * size, (i + 1) * size) for i in range(count)]

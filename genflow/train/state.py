@@ -26,6 +26,11 @@ Batch = dict[str, Tensor]
 """A training batch: ``images`` (B, C, H, W) in [-1, 1]; later also ``labels`` (B,) or paired ``noise``."""
 
 
+def batch_rows(batch: Mapping[str, Tensor], start: int, stop: int) -> Batch:
+    """Rows ``start:stop`` of every entry of ``batch`` (a process's slice, a micro-batch)."""
+    return {key: values[start:stop] for key, values in batch.items()}
+
+
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     """Linear warm-up to the base rate, then cosine decay to zero at ``total`` (Loshchilov & Hutter 2017)."""
 
