@@ -37,7 +37,7 @@ def main() -> None:
         ("ddpm", "ancestral"),
     ):
         process = genflow.make_process(process_name)
-        model = Preconditioner(preset_for(1, 8), process.schedule).to(device).eval()
+        model = Preconditioner(preset_for(1, 8), process.schedule, process.discrete_steps).to(device).eval()
         x = torch.randn(args.batch, 1, 8, 8, device=device)
         t = torch.full((args.batch,), 0.5, device=device)
         sample_times, forward_times, nfe = [], [], 0

@@ -226,7 +226,7 @@ def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
         unet_config = UNetConfig.from_dict(record["model"])
     except (GenflowError, KeyError, TypeError) as error:
         raise GenflowError(f"{run_files.path / CONFIG} does not describe a genflow model: {error}") from None
-    model = Preconditioner(unet_config, process.schedule)
+    model = Preconditioner(unet_config, process.schedule, process.discrete_steps)
     weights, source, step = files.ema_weights(run_files.path, record["train"]["steps"])
     load_matching(model.unet, weights, source)
     return LoadedRun(run_files.path, process, model.to(pick_device(device)).eval(), record, step)

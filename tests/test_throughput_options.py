@@ -67,7 +67,7 @@ def test_each_option_trains_saves_and_resumes_to_the_uninterrupted_run(name, tmp
 def test_gradient_checkpointing_gives_the_same_gradients():
     process = genflow.make_process("rectified-flow")
     torch.manual_seed(0)
-    model = Preconditioner(UNetConfig(**TINY_MODEL), process.schedule)
+    model = Preconditioner(UNetConfig(**TINY_MODEL), process.schedule, process.discrete_steps)
     objective = DenoisingObjective(process)
     batch = objective.draw({"images": torch.randn(8, 1, 8, 8)}, torch.Generator().manual_seed(1))
 

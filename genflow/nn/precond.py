@@ -4,9 +4,13 @@
 ``[0, 1]``. It scales the input by ``c_in = 1 / sqrt(alpha^2 + sigma^2)``, the input part of
 EDM's preconditioning (Karras et al. 2022, table 1, with sigma_data = 1), which keeps a VE
 input of standard deviation 50 in the range the network sees for VP; and it maps ``t`` to
-the embedding's timestep ``999 t`` (DDPM's range, Ho et al. 2020). The preconditioner is
-built from a schedule function, any callable returning ``alpha`` and ``sigma`` at ``t``, so
-neither it nor the backbone knows which process it serves. A class-conditional backbone
+the embedding's timestep. For a process of ``T`` discrete steps (DDPM: step ``i = 1..T`` at
+``t = i / T``) that is the integer index ``i - 1 = T t - 1`` which diffusers feeds its UNet at
+that step, so a diffusers model and a genflow run are the same function (between the nodes
+the index is fractional); in continuous time it is ``999 t`` (DDPM's range, Ho et al. 2020).
+The preconditioner is built from a schedule function, any callable returning ``alpha`` and
+``sigma`` at ``t``, and the number of discrete steps, so neither it nor the backbone knows
+which process it serves. A class-conditional backbone
 takes ``labels`` (long, shape ``(B,)``); ``None`` or the null label means no class.
 """
 
@@ -22,6 +26,9 @@ from genflow.errors import GenflowError
 from genflow.nn.unet import UNetConfig, build_unet
 
 TIMESTEP_SCALE = 999.0
+NODE_TOLERANCE = 1e-3
+"""A discrete step index within this of an integer is that integer: float32 times ``i / T``
+land within ~1e-4 of the node, and the embedding of step ``k`` must be that of ``k`` itself."""
 
 
 class Scales(Protocol):
@@ -38,18 +45,28 @@ class Preconditioner(nn.Module):
     """``Preconditioner(config, schedule)(x, t, labels=None) -> prediction``; the backbone is
     ``.unet`` (its state dict keys are ``unet.*``)."""
 
-    def __init__(self, config: UNetConfig, schedule: Schedule) -> None:
+    def __init__(self, config: UNetConfig, schedule: Schedule, discrete_steps: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.schedule = schedule
+        self.discrete_steps = discrete_steps
         self.unet = build_unet(config)
 
     def input_scale(self, t: Tensor, like: Tensor) -> Tensor:
-        """``c_in(t)`` shaped to broadcast against ``like`` and in its dtype."""
-        s = self.schedule(t.float())
+        """``c_in(t)`` shaped to broadcast against ``like`` and in its dtype, computed in float64
+        (where the device has it) so that it is exactly 1 on a variance-preserving path."""
+        s = self.schedule(t.to(torch.float32 if t.device.type == "mps" else torch.float64))
         shape = (-1,) + (1,) * (like.ndim - 1)
-        alpha, sigma = s.alpha.reshape(shape).to(like.dtype), s.sigma.reshape(shape).to(like.dtype)
-        return torch.rsqrt(alpha**2 + sigma**2)
+        return torch.rsqrt(s.alpha**2 + s.sigma**2).reshape(shape).to(like.dtype)
+
+    def timestep(self, t: Tensor) -> Tensor:
+        """The embedding's input at process times ``t``: the step index ``T t - 1`` of a
+        discrete process (exactly an integer at the nodes), else ``999 t``."""
+        if self.discrete_steps is None or self.config.time_embedding == "999t":
+            return t * TIMESTEP_SCALE
+        index = t.to(torch.float32 if t.device.type == "mps" else torch.float64) * self.discrete_steps - 1
+        nearest = index.round()
+        return torch.where((index - nearest).abs() < NODE_TOLERANCE, nearest, index)
 
     @property
     def null_label(self) -> int | None:
@@ -70,4 +87,4 @@ class Preconditioner(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         classes = self.class_labels(labels, x.shape[0], x.device)
-        return self.unet(x * self.input_scale(t, x), t * TIMESTEP_SCALE, class_labels=classes).sample.to(x.dtype)
+        return self.unet(x * self.input_scale(t, x), self.timestep(t), class_labels=classes).sample.to(x.dtype)

@@ -14,6 +14,7 @@ from diffusers import UNet2DModel
 from genflow.errors import GenflowError
 
 ATTENTION_HEAD_DIM = 32
+TIME_EMBEDDINGS = ("step", "999t")
 
 
 @dataclass(frozen=True)
@@ -31,10 +32,24 @@ class UNetConfig:
     """Classes of a class-conditional backbone (0: unconditional). Its embedding has one row
     more, the null label ``num_classes``, which classifier-free guidance trains and samples as
     "no class" (Ho & Salimans 2022)."""
+    time_embedding: str = "step"
+    """What the embedding is fed: ``step``, a discrete process's integer step index as diffusers
+    feeds it (``999 t`` in continuous time); ``999t``, what runs of genflow-run/2 and older were
+    trained with for every process."""
+    diffusers: dict | None = None
+    """An imported backbone's ``UNet2DModel`` config, built as it is (the shape fields above then
+    only describe it); ``None`` for genflow's own backbone, built from the fields above."""
 
     def __post_init__(self) -> None:
+        if self.time_embedding not in TIME_EMBEDDINGS:
+            raise GenflowError(f"model.time_embedding must be one of {', '.join(TIME_EMBEDDINGS)}, not {self.time_embedding!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise GenflowError(f"model.num_classes must be a whole number >= 0, not {self.num_classes!r}")
+        if self.diffusers is None:
+            self.check_shape()
+
+    def check_shape(self) -> None:
+        """Refuse a shape genflow's builder cannot make, naming the option."""
         if len(self.attention) != len(self.block_channels):
             raise GenflowError("model.attention needs one true/false per entry of model.block_channels")
         if any(c % self.norm_groups for c in self.block_channels):
@@ -81,7 +96,10 @@ def preset_for(channels: int, resolution: int) -> UNetConfig:
 
 def build_unet(config: UNetConfig) -> UNet2DModel:
     """A freshly initialised ``UNet2DModel`` of this shape (weights from torch's global generator);
-    a conditional one adds diffusers' class embedding (``num_class_embeds``), null row included."""
+    a conditional one adds diffusers' class embedding (``num_class_embeds``), null row included.
+    An imported backbone is built from its own diffusers config."""
+    if config.diffusers is not None:
+        return UNet2DModel.from_config(config.diffusers)
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention))
     return UNet2DModel(

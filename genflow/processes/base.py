@@ -145,6 +145,12 @@ class GaussianProcess(ABC):
         until their final point ``t = 0``."""
         return 0.0
 
+    @property
+    def discrete_steps(self) -> int | None:
+        """``T`` for a process of discrete steps ``i = 1..T`` at ``t = i / T`` (DDPM), whose
+        backbone takes the step's integer index as diffusers does; ``None`` for continuous time."""
+        return None
+
     def coefficients(self, t: float) -> Schedule:
         """The schedule at one time, as floats, computed in float64."""
         return self.schedule(torch.tensor(t, dtype=torch.float64)).item()

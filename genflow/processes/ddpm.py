@@ -23,12 +23,18 @@ if TYPE_CHECKING:
 
 torch = lazy_import("torch")
 
-BETA_SCHEDULES = ("linear", "cosine")
+BETA_SCHEDULES = ("linear", "scaled-linear", "cosine")
 
 
 def linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
     """Ho et al. 2020, sec. 4: betas linear from 1e-4 to 0.02 for T = 1000."""
     return torch.linspace(beta_start, beta_end, timesteps, dtype=torch.float64)
+
+
+def scaled_linear_betas(timesteps: int, beta_start: float, beta_end: float) -> Tensor:
+    """Betas whose square roots are linear (Rombach et al. 2022, latent diffusion; diffusers'
+    ``scaled_linear``)."""
+    return torch.linspace(beta_start**0.5, beta_end**0.5, timesteps, dtype=torch.float64) ** 2
 
 
 def cosine_betas(timesteps: int, offset: float = 0.008, max_beta: float = 0.999) -> Tensor:
@@ -71,10 +77,10 @@ class DDPM(GaussianProcess):
     default_solver = "dpm++2m"  # best FD on the digits at 10 and 20 NFE (benchmarks/results/digits-defaults.md)
     default_grid = "logsnr"
 
-    beta_schedule: str = option("linear", "beta schedule: linear or cosine")
+    beta_schedule: str = option("linear", "beta schedule: linear, scaled-linear or cosine")
     timesteps: int = option(1000, "discrete steps T")
-    beta_start: float = option(1e-4, "first beta of the linear schedule")
-    beta_end: float = option(0.02, "last beta of the linear schedule")
+    beta_start: float = option(1e-4, "first beta of the (scaled-)linear schedule")
+    beta_end: float = option(0.02, "last beta of the (scaled-)linear schedule")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -93,6 +99,8 @@ class DDPM(GaussianProcess):
     def betas(self) -> Tensor:
         if self.beta_schedule == "cosine":
             return cosine_betas(self.timesteps)
+        if self.beta_schedule == "scaled-linear":
+            return scaled_linear_betas(self.timesteps, self.beta_start, self.beta_end)
         return linear_betas(self.timesteps, self.beta_start, self.beta_end)
 
     @cached_property
@@ -107,6 +115,10 @@ class DDPM(GaussianProcess):
     @property
     def t_min(self) -> float:
         return 1 / self.timesteps
+
+    @property
+    def discrete_steps(self) -> int:
+        return self.timesteps
 
     @cached_property
     def _nodes_by_device(self) -> dict[torch.device, tuple[Tensor, Tensor]]:

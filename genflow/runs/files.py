@@ -34,7 +34,7 @@ RAW_WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
 RUN_FILES = (CONFIG, EMA_WEIGHTS, RAW_WEIGHTS, METRICS, SAMPLES, CHECKPOINTS)
-RUN_FORMAT = "genflow-run/2"
+RUN_FORMAT = "genflow-run/3"
 DEFAULT_RUNS = Path("runs")
 RECORDED_APART = ("process", "process_options", "model")
 """Training keys that config.json records once, resolved, under ``process`` and ``model``."""
@@ -82,13 +82,15 @@ def config_from_record(record: dict[str, Any], source: str) -> TrainConfig:
 
 
 def upgraded(record: dict[str, Any]) -> dict[str, Any]:
-    """A record as genflow 0.1 wrote it (``train`` also held the process, its options as
-    given and the model overrides) in today's form: the resolved ``process`` and ``model``
-    stay, their unresolved copies inside ``train`` go."""
+    """A record in today's form, whatever genflow wrote it. genflow 0.1 also kept the process,
+    its options as given and the model overrides inside ``train``: the resolved ``process`` and
+    ``model`` stay, the copies go. Before genflow-run/3 every backbone was fed ``999 t``: the
+    record says so (``model.time_embedding``), so those weights keep their input."""
     if record.get("format") == RUN_FORMAT:
         return record
     train = {k: v for k, v in record["train"].items() if k not in RECORDED_APART}
-    return {"format": RUN_FORMAT, **record, "train": train}
+    model = {"time_embedding": "999t", **record["model"]}
+    return {**record, "format": RUN_FORMAT, "train": train, "model": model}
 
 
 def data_fingerprint(values: Tensor) -> str:

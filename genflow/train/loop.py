@@ -119,7 +119,8 @@ class Trainer:
 
     def fresh_state(self) -> TrainingState:
         torch.manual_seed(self.config.seed)
-        model = Preconditioner(self.setup.unet_config, self.setup.process.schedule).to(self.runtime.device)
+        process = self.setup.process
+        model = Preconditioner(self.setup.unet_config, process.schedule, process.discrete_steps).to(self.runtime.device)
         ema = copy.deepcopy(model).requires_grad_(False)
         if self.config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()  # diffusers' activation recomputation (Chen et al. 2016)
