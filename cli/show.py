@@ -38,12 +38,19 @@ def info(run: RunArgument = None) -> None:
     table = Table(title=escape(loaded.describe()), show_header=False, title_justify="left")
     table.add_row("process", escape(f"{loaded.process.name} {json.dumps(loaded.process.options())}"))
     table.add_row("default solver", loaded.process.default_solver)
-    table.add_row("model", escape(f"{parameters / 1e6:.2f}M parameters, {json.dumps(loaded.config['model'])}"))
-    table.add_row("data", f"{train_config['dataset']}")
+    imported = loaded.config.get("imported")
+    model = {k: v for k, v in loaded.config["model"].items() if k != "diffusers"}
+    table.add_row("model", escape(f"{parameters / 1e6:.2f}M parameters, {json.dumps(model)}"))
+    if imported:
+        table.add_row("imported", escape(f"from {imported['from']} ({imported['pipeline']}, {imported['scheduler']})"))
+        for note in imported.get("notes", []):
+            table.add_row("note", escape(note))
+    else:
+        table.add_row("data", f"{train_config['dataset']}")
     if loaded.classes is not None:
         dropout = train_config.get("label_dropout")
         table.add_row("classes", escape(f"{len(loaded.classes)}: {', '.join(loaded.classes)} (label dropout {dropout:g})"))
-    for key in ("steps", "batch_size", "lr", "ema_decay", "seed"):
+    for key in ("steps", "batch_size", "lr", "ema_decay", "seed") if not imported else ():
         table.add_row(key, str(train_config[key]))
     from genflow.runs.files import logged_losses
 

@@ -150,6 +150,8 @@ def resume(
     skipped) to its step budget. ``overrides`` are config values as in :func:`train`; one that
     changes the process, the model, the data or the optimization is refused, naming the key."""
     run_files = read_run(run)
+    if run_files.config.get("imported"):
+        raise GenflowError(f"{run_files.path} was imported from diffusers, not trained by genflow: there is no training to resume")
     saved = run_files.train_config()
     setup = prepare(resume_rules.resumed_config(saved, overrides or {}), runtime)
     saved_data = run_files.config.get("data", {})  # its fingerprint is absent in runs from before it
@@ -349,6 +351,18 @@ def check_fixed_steps(solver: str, steps: int | None) -> None:
         )
 
 
+def check_data_shape(loaded: LoadedRun, dataset: str, images: Tensor) -> None:
+    """Refuse to score a run against data of another shape (an imported model's, for one)."""
+    config = loaded.model.config
+    made, real = (config.channels, config.resolution, config.resolution), tuple(images.shape[1:])
+    if made != real:
+        shape = lambda dims: "x".join(map(str, dims))  # noqa: E731
+        raise GenflowError(
+            f"{loaded.path} makes {shape(made)} images and {dataset} holds {shape(real)}; score its samples against data of "
+            "their shape with 'genflow sample RUN --out FILE.npz' and 'genflow eval --samples FILE.npz --dataset NAME'"
+        )
+
+
 def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = None, steps: int | None = None,
                  grid: str | None = None, seed: int = 0, batch_size: int | None = None,
                  classes: str | Sequence[int] | None = None, guidance: float = 1.0,
@@ -369,6 +383,7 @@ def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = N
     check_conditioning(loaded, labelled, guidance, guidance_interval)
     feature_classifier(loaded.config["train"]["dataset"])  # refuses a dataset without one before loading or sampling
     dataset, data = run_dataset(loaded)
+    check_data_shape(loaded, dataset, data.images)
     plan = plan_evaluation(data, loaded.classes, n, classes)
     images, stats = sample_run(loaded, plan.n, solver, steps, grid, seed, batch_size, plan.labels, guidance, guidance_interval,
                                runtime, **solver_options)  # fmt: skip

@@ -107,12 +107,17 @@ def load_backbone(folder: DiffusersFolder, process: GaussianProcess) -> Precondi
     """The imported UNet behind genflow's preconditioner, its weights read by diffusers from
     safetensors (which also renames the attention weights of older diffusers versions)."""
     from diffusers import UNet2DModel
+    from diffusers.utils import logging
 
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()  # not its advice to install accelerate, which genflow does not need
     try:
         unet = UNet2DModel.from_pretrained(folder.path / "unet", use_safetensors=True, low_cpu_mem_usage=False)
     except (OSError, ValueError, TypeError, KeyError, RuntimeError) as error:
         first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise GenflowError(f"{folder.path / 'unet'} could not be read as a UNet2DModel: {first_line}") from None
+    finally:
+        logging.set_verbosity(verbosity)
     model = Preconditioner(backbone_config(dict(unet.config)), process.schedule, process.discrete_steps)
     model.unet.load_state_dict(unet.state_dict())
     return model
