@@ -34,7 +34,9 @@ def export_command(
 @app.command("import")
 @fails_cleanly
 def import_command(
-    folder: Annotated[Path, typer.Argument(help="A diffusers pipeline folder: model_index.json, unet/, scheduler/.", show_default=False)],
+    folder: Annotated[
+        Path, typer.Argument(help="A diffusers pipeline folder: model_index.json, unet/, scheduler/.", show_default=False)
+    ],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<time>-<process>).")] = None,
     overwrite: OverwriteOption = False,
 ) -> None:

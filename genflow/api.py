@@ -356,9 +356,9 @@ def check_data_shape(loaded: LoadedRun, dataset: str, images: Tensor) -> None:
     config = loaded.model.config
     made, real = (config.channels, config.resolution, config.resolution), tuple(images.shape[1:])
     if made != real:
-        shape = lambda dims: "x".join(map(str, dims))  # noqa: E731
+        made_text, real_text = ("x".join(map(str, dims)) for dims in (made, real))
         raise GenflowError(
-            f"{loaded.path} makes {shape(made)} images and {dataset} holds {shape(real)}; score its samples against data of "
+            f"{loaded.path} makes {made_text} images and {dataset} holds {real_text}; score its samples against data of "
             "their shape with 'genflow sample RUN --out FILE.npz' and 'genflow eval --samples FILE.npz --dataset NAME'"
         )
 

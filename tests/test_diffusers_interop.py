@@ -145,7 +145,9 @@ def test_diffusers_ddpm_pipeline_on_an_export_samples_as_genflow_ancestral(ddpm_
     """DDPM's ancestral sampler, each step's noise replayed from genflow's per-sample streams."""
     run, folder = ddpm_export
     loaded = api.load(run, device="cpu")
-    ours = genflow.sample(loaded.model, loaded.process, shape=(N, 1, 8, 8), solver="ancestral", steps=STEPS, grid="uniform", seed=0)
+    ours = genflow.sample(
+        loaded.model, loaded.process, shape=(N, 1, 8, 8), solver="ancestral", steps=STEPS, grid="uniform", seed=0
+    )
     noise = genflow.NoiseSource(range(N))
     prior = loaded.process.prior_std * noise((1, 8, 8))
     pipeline = diffusers.DDPMPipeline.from_pretrained(folder)
@@ -174,7 +176,9 @@ pipe(batch_size={N}, num_inference_steps={STEPS}, latents=torch.load({str(tmp_pa
 torch.save(outputs[-1].prev_sample, {str(tmp_path / "theirs.pt")!r})
 """
     env = os.environ | {"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")}
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120, check=False
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert_same(torch.load(tmp_path / "theirs.pt"), ours)
 
@@ -189,7 +193,9 @@ def test_an_imported_diffusers_model_samples_as_diffusers_does(tmp_path, predict
     """DDIM: genflow's ``ddim`` on the imported run against diffusers' DDIMPipeline on the
     folder. DPM-Solver++(2M): genflow's ``dpm++2m`` against diffusers'
     DPMSolverMultistepScheduler on the scheduler's own timesteps (step ``k`` is ``t = (k + 1) / T``)."""
-    scheduler = diffusers.DDPMScheduler(beta_schedule=betas, prediction_type=prediction, clip_sample=False, timestep_spacing="trailing")
+    scheduler = diffusers.DDPMScheduler(
+        beta_schedule=betas, prediction_type=prediction, clip_sample=False, timestep_spacing="trailing"
+    )
     folder = save_diffusers_folder(tmp_path / "diffusers", scheduler)
     result = invoke("import", folder, "--out", tmp_path / "run")
     assert result.exit_code == 0, result.output
@@ -221,7 +227,9 @@ def test_an_import_exported_again_is_the_same_model(tmp_path):
     again = diffusers.DiffusionPipeline.from_pretrained(tmp_path / "again")
     assert type(again).__name__ == "DDIMPipeline"
     original = diffusers.UNet2DModel.from_pretrained(folder / "unet")
-    assert {k: v for k, v in again.unet.config.items() if not k.startswith("_")} == {k: v for k, v in original.config.items() if not k.startswith("_")}
+    assert {k: v for k, v in again.unet.config.items() if not k.startswith("_")} == {
+        k: v for k, v in original.config.items() if not k.startswith("_")
+    }
     assert all(torch.equal(v, original.state_dict()[k]) for k, v in again.unet.state_dict().items())
     for key in ("beta_schedule", "beta_start", "beta_end", "num_train_timesteps", "prediction_type"):
         assert again.scheduler.config[key] == scheduler.config[key], key
@@ -273,8 +281,14 @@ def edit_json(path: Path, **changes: object) -> None:
     ("damage", "fragments"),
     [
         (lambda f: (f / "model_index.json").unlink(), ["is not a diffusers model folder", "model_index.json"]),
-        (lambda f: edit_json(f / "scheduler" / "scheduler_config.json", _class_name="EulerDiscreteScheduler"), ["EulerDiscreteScheduler", "DDPMScheduler"]),
-        (lambda f: edit_json(f / "scheduler" / "scheduler_config.json", prediction_type="flow"), ["prediction_type 'flow'", "epsilon"]),
+        (
+            lambda f: edit_json(f / "scheduler" / "scheduler_config.json", _class_name="EulerDiscreteScheduler"),
+            ["EulerDiscreteScheduler", "DDPMScheduler"],
+        ),
+        (
+            lambda f: edit_json(f / "scheduler" / "scheduler_config.json", prediction_type="flow"),
+            ["prediction_type 'flow'", "epsilon"],
+        ),
         (lambda f: edit_json(f / "scheduler" / "scheduler_config.json", beta_schedule="sigmoid"), ["beta_schedule 'sigmoid'"]),
         (lambda f: edit_json(f / "unet" / "config.json", out_channels=2), ["learned variance"]),
         (lambda f: edit_json(f / "unet" / "config.json", num_class_embeds=10), ["class-conditional"]),

@@ -52,7 +52,11 @@ class GenflowFlowPipeline(DiffusionPipeline):
         size = self.unet.config.sample_size
         shape = (batch_size, self.unet.config.in_channels, size, size)
         dtype = self.unet.dtype
-        image = latents.to(self.device, dtype) if latents is not None else randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+        image = (
+            latents.to(self.device, dtype)
+            if latents is not None
+            else randn_tensor(shape, generator=generator, device=self.device, dtype=dtype)
+        )
         sigmas = [1 - i / num_inference_steps for i in range(num_inference_steps)]
         self.scheduler.set_timesteps(sigmas=sigmas, device=self.device)
         for timestep in self.progress_bar(self.scheduler.timesteps):

@@ -43,7 +43,9 @@ def read_json(folder: Path, name: str) -> dict[str, Any]:
     """The JSON object in ``folder / name``, or one line naming what is missing or wrong."""
     path = folder / name
     if not path.is_file():
-        raise GenflowError(f"{folder} is not a diffusers model folder: it has no {name} (save one with DiffusionPipeline.save_pretrained)")
+        raise GenflowError(
+            f"{folder} is not a diffusers model folder: it has no {name} (save one with DiffusionPipeline.save_pretrained)"
+        )
     try:
         value = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -64,13 +66,21 @@ def read_folder(path: Path) -> DiffusersFolder:
     if unet.get("_class_name") != "UNet2DModel":
         raise GenflowError(f"{path / 'unet'}: a {unet.get('_class_name')!r} cannot be imported; genflow imports a UNet2DModel")
     if unet.get("in_channels") != unet.get("out_channels"):
-        raise GenflowError(f"{path / 'unet'}: the UNet outputs {unet.get('out_channels')} channels for {unet.get('in_channels')} in (a learned variance?); genflow imports one prediction per input channel")
+        raise GenflowError(
+            f"{path / 'unet'}: the UNet outputs {unet.get('out_channels')} channels for {unet.get('in_channels')} in (a learned variance?); genflow imports one prediction per input channel"
+        )
     if unet.get("time_embedding_type", "positional") not in SUPPORTED_EMBEDDINGS:
-        raise GenflowError(f"{path / 'unet'}: time_embedding_type {unet['time_embedding_type']!r} cannot be imported; genflow imports positional embeddings of the step index")
+        raise GenflowError(
+            f"{path / 'unet'}: time_embedding_type {unet['time_embedding_type']!r} cannot be imported; genflow imports positional embeddings of the step index"
+        )
     if unet.get("num_class_embeds") or unet.get("class_embed_type"):
-        raise GenflowError(f"{path / 'unet'}: class-conditional diffusers UNets cannot be imported yet (their class embedding has no null label for guidance)")
+        raise GenflowError(
+            f"{path / 'unet'}: class-conditional diffusers UNets cannot be imported yet (their class embedding has no null label for guidance)"
+        )
     if not isinstance(unet.get("sample_size"), int):
-        raise GenflowError(f"{path / 'unet'}: sample_size {unet.get('sample_size')!r} is not one whole number; genflow imports square models")
+        raise GenflowError(
+            f"{path / 'unet'}: sample_size {unet.get('sample_size')!r} is not one whole number; genflow imports square models"
+        )
     check_weights(path / "unet")
     return DiffusersFolder(path, unet, scheduler, index.get("_class_name"), sampling_differences(scheduler))
 
@@ -128,7 +138,12 @@ def import_record(folder: DiffusersFolder, process: GaussianProcess, model: Prec
     from genflow.config import TrainConfig
 
     config = TrainConfig(process=process.name, process_options=process.options(), model=model.config.to_dict(), steps=0)
-    imported = {"from": str(folder.path.resolve()), "pipeline": folder.pipeline, "scheduler": folder.scheduler.get("_class_name"), "notes": folder.notes}
+    imported = {
+        "from": str(folder.path.resolve()),
+        "pipeline": folder.pipeline,
+        "scheduler": folder.scheduler.get("_class_name"),
+        "notes": folder.notes,
+    }
     return files.run_record(config, version, {}) | {"imported": imported}
 
 

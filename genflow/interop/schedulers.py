@@ -55,12 +55,18 @@ def process_from_scheduler(config: dict[str, Any], source: str) -> GaussianProce
     ``ddim`` for a DDIMScheduler); what it cannot reproduce exactly is refused."""
     kind = config.get("_class_name")
     if kind not in DISCRETE_SCHEDULERS:
-        raise GenflowError(f"{source}: scheduler {kind!r} cannot be imported; genflow reads {' and '.join(DISCRETE_SCHEDULERS)} configs")
+        raise GenflowError(
+            f"{source}: scheduler {kind!r} cannot be imported; genflow reads {' and '.join(DISCRETE_SCHEDULERS)} configs"
+        )
     config = DIFFUSERS_DEFAULTS | {k: v for k, v in config.items() if v is not None}
     if config.get("trained_betas") is not None:
-        raise GenflowError(f"{source}: explicit trained_betas cannot be imported; genflow reads {', '.join(BETA_SCHEDULES.values())} schedules")
+        raise GenflowError(
+            f"{source}: explicit trained_betas cannot be imported; genflow reads {', '.join(BETA_SCHEDULES.values())} schedules"
+        )
     if config.get("rescale_betas_zero_snr"):
-        raise GenflowError(f"{source}: rescale_betas_zero_snr cannot be imported (its last step has alpha_bar = 0, which genflow's DDPM excludes)")
+        raise GenflowError(
+            f"{source}: rescale_betas_zero_snr cannot be imported (its last step has alpha_bar = 0, which genflow's DDPM excludes)"
+        )
     if str(config.get("variance_type", "fixed_small")).startswith("learned"):
         raise GenflowError(f"{source}: a learned variance (variance_type {config['variance_type']!r}) cannot be imported")
     beta_schedule = inverse(BETA_SCHEDULES, "beta_schedule", config["beta_schedule"], source)
