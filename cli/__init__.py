@@ -1,6 +1,6 @@
 """The ``genflow`` command: a thin Typer layer over :mod:`genflow.api`, one module per command
-group (``train``; ``sample``; ``eval`` and ``sweep``; ``list`` and ``info``; ``export`` and
-``import``). This folder is
+group (``train``; ``sample``; ``eval`` and ``sweep``; ``list`` and ``info``; ``reflow`` and
+``distill``; ``export`` and ``import``). This folder is
 installed as ``genflow.cli``.
 
 Exit codes: 0 ok, 1 unexpected runtime error, 2 usage or input error (one line naming the
@@ -25,6 +25,7 @@ def load_app() -> Any:
     from genflow.cli import sample  # noqa: F401
     from genflow.cli import evaluate  # noqa: F401
     from genflow.cli import show  # noqa: F401
+    from genflow.cli import few_step  # noqa: F401
     from genflow.cli import interop  # noqa: F401
     from genflow.cli.core import app
 

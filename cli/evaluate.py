@@ -53,6 +53,10 @@ def evaluate(
     ] = False,
     nll_n: Annotated[int, typer.Option(help="Real images for --nll.")] = 64,
     nll_steps: Annotated[int, typer.Option(help="Heun steps for --nll; 0 = adaptive dopri5.")] = 0,
+    straightness: Annotated[
+        bool, typer.Option("--straightness", help="Also the straightness of the ODE's paths (0: straight; Liu et al. 2022).")
+    ] = False,
+    straightness_steps: Annotated[int, typer.Option(help="Euler steps along each path for --straightness.")] = 100,
     samples: Annotated[Path | None, typer.Option(help="Score this .npz (uint8 NHWC, arr_0) instead of sampling a run.")] = None,
     dataset: Annotated[str, typer.Option(help="Real data for --samples.")] = "digits",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -64,7 +68,7 @@ def evaluate(
     evenly at --guidance; they also get class agreement (the share the digits classifier calls
     by their class) and each class's FD against that class's real images beside its floor.
     With --samples, score an .npz of uint8 NHWC images (arr_0) made by any program instead."""
-    check_counts(None if samples else n, nll_n if nll else None, nll_steps)
+    check_counts(None if samples else n, nll_n if nll else None, nll_steps, straightness_steps)
     conditioning = {"classes": class_spec, "guidance": guidance, "guidance_interval": interval(guidance_interval)}
     if samples is not None and (class_spec is not None or guidance != 1 or guidance_interval is not None):
         raise GenflowError("--class, --guidance and --guidance-interval sample a conditional run; --samples scores a file")
@@ -88,6 +92,10 @@ def evaluate(
         title = f"{loaded.describe()} ({loaded.process.name}, {result['solver']}, {cost}{guided})"
         if nll:
             result |= api.negative_log_likelihood(loaded, nll_n, seed, nll_steps)
+        if straightness:
+            from genflow.reflow import STRAIGHTNESS_PATHS, straightness_of_run
+
+            result["straightness"] = straightness_of_run(loaded, STRAIGHTNESS_PATHS, straightness_steps, seed, batch_size)
     if as_json:
         print(json.dumps(result))
     else:
@@ -103,12 +111,14 @@ def interval(spec: str | None) -> tuple[float, float]:
     return FULL_INTERVAL if spec is None else parse_interval(spec)
 
 
-def check_counts(n: int | None, nll_n: int | None, nll_steps: int) -> None:
+def check_counts(n: int | None, nll_n: int | None, nll_steps: int, straightness_steps: int = 100) -> None:
     """Refuse counts the scores cannot use before a run is loaded or sampled (None: unused)."""
     from genflow.metrics import check_sample_count
 
     if n is not None:
         check_sample_count(n, name="--n")
+    if straightness_steps < 1:
+        raise GenflowError(f"--straightness-steps must be >= 1, not {straightness_steps}")
     if nll_n is not None and (nll_n < 1 or nll_steps < 0):
         raise GenflowError("--nll-n must be >= 1 and --nll-steps >= 0")
 
@@ -126,6 +136,8 @@ def print_scores(title: str, result: dict) -> None:
     table.add_row("KID", f"{result['kid']:.4f}", f"{result['kid_floor']:.4f}", f"{result['kid_fresh']:.4f}")
     table.add_row("precision / recall", f"{result['precision']:.3f} / {result['recall']:.3f}", "", "")
     table.add_row("memorized", f"{result['memorized']:.3f}", "", "~0.01")
+    if "straightness" in result:
+        table.add_row("straightness", f"{result['straightness']:.4f}", "", "")
     if "class_agreement" in result:
         table.add_row("class agreement", f"{result['class_agreement']:.3f}", "", "")
         classes = len(result["fd_per_class"])

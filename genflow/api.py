@@ -26,6 +26,7 @@ from genflow.evaluation import (
 )
 from genflow.image_files import check_output, check_scale, save_samples
 from genflow.nn import Preconditioner, UNetConfig, preset_for
+from genflow.pairs import read_pairs
 from genflow.processes import GaussianProcess, make_process
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs import files
@@ -35,7 +36,8 @@ from genflow.runs.files import CONFIG, EMA_WEIGHTS, SAMPLES, checkpoint_status, 
 from genflow.sampling import SamplingStats, per_sample_seeds
 from genflow.solvers.guidance import FULL_INTERVAL, check_guidance, class_rows, parse_classes
 from genflow.storage import load_matching, write_json
-from genflow.train import DenoisingObjective, Trainer, TrainingSetup
+from genflow.train import Trainer, TrainingSetup
+from genflow.train.objective import make_objective
 from genflow.train.runtime import Runtime, SingleProcess, pick_device, runtime_for
 from genflow.train.state import check_batch_size
 
@@ -70,8 +72,13 @@ def backbone_config(config: TrainConfig, images: Tensor, num_classes: int = 0) -
 
 
 def training_data(config: TrainConfig) -> tuple[dict[str, Tensor], tuple[str, ...] | None]:
-    """The tensors a run trains on (``images``, and ``labels`` when conditional) and its class
-    names; a conditional run on data without labels is refused."""
+    """The tensors a run trains on (``images``, and ``labels`` when conditional; ``images`` and
+    their paired ``noise`` for a run on reflow pairs) and its class names; a conditional run
+    on data without labels is refused."""
+    if config.pairs:
+        if config.conditional:
+            raise GenflowError("reflow pairs carry no labels; train on them without --conditional")
+        return read_pairs(Path(config.pairs)), None
     dataset = load_labelled_dataset(config.dataset, config.data_dir)
     if not config.conditional:
         return {"images": dataset.images}, None
@@ -96,8 +103,16 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetu
     unet = backbone_config(config, images, len(classes or ()))
     evaluate = training_evaluator(config, process, images, runtime.device, unet.num_classes) if config.eval_every else None
     resolved = config.with_resolved(process.options(), unet.to_dict())
-    objective = DenoisingObjective(process, config.label_dropout, unet.null_label)
-    return TrainingSetup(resolved, process, objective, data, runtime, evaluate, classes)
+    objective = make_objective(config.objective, process, config.steps_out, config.label_dropout, unet.null_label)
+    initial = initial_weights(config.init_from) if config.init_from else None
+    return TrainingSetup(resolved, process, objective, data, runtime, evaluate, classes, initial)
+
+
+def initial_weights(run: str) -> dict[str, Tensor]:
+    """The EMA backbone weights of ``run``, which a new run starts from (``init_from``)."""
+    run_files = read_run(run)
+    weights, _, _ = files.ema_weights(run_files.path, run_files.config["train"]["steps"])
+    return weights
 
 
 def data_record(setup: TrainingSetup) -> dict:

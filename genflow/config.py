@@ -26,6 +26,7 @@ from genflow.values import typed_value
 PRESETS: Traversable = resources.files("genflow.configs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
+OBJECTIVES = ("denoising", "reflow", "distill")
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer's arithmetic is float32
 
 
@@ -65,6 +66,16 @@ class TrainConfig:
     keep_checkpoints: int = 3
     final_grid: bool = True
     max_nonfinite: int = 10
+    objective: str = "denoising"
+    """A step's loss: ``denoising`` (fresh noise), ``reflow`` (the noise paired with each image in
+    ``pairs``) or ``distill`` (paired, at the times of a ``steps_out``-step Euler grid)."""
+    pairs: str | None = None
+    """A folder of (noise, sample) pairs made by ``genflow reflow``: the training data of a
+    ``reflow`` or ``distill`` run, instead of ``dataset`` (which stays its reference data)."""
+    steps_out: int = 1
+    """The Euler steps a ``distill`` student is trained to sample in."""
+    init_from: str | None = None
+    """A run whose EMA weights start the model (a reflow student from its teacher)."""
 
     def validate(self) -> TrainConfig:
         for name in ("steps", "batch_size", "grad_accumulation", "log_every", "sample_steps", "keep_checkpoints", "max_nonfinite"):
@@ -86,7 +97,19 @@ class TrainConfig:
             raise GenflowError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.precision not in PRECISIONS:
             raise GenflowError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
+        self.check_objective()
         return self
+
+    def check_objective(self) -> None:
+        """A paired objective needs pairs, and a distilled student rectified flow's velocity."""
+        if self.objective not in OBJECTIVES:
+            raise GenflowError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
+        if self.objective != "denoising" and not self.pairs:
+            raise GenflowError(f"objective {self.objective} trains on reflow pairs; make them with 'genflow reflow TEACHER --out RUN'")
+        if self.objective == "distill" and self.process != "rectified-flow":
+            raise GenflowError(f"a distilled student is a rectified-flow run (it takes Euler steps on straight paths), not {self.process}")
+        if not isinstance(self.steps_out, int) or self.steps_out < 1:
+            raise GenflowError(f"steps_out must be a whole number >= 1, not {self.steps_out!r}")
 
     def check_divides(self, world_size: int) -> TrainConfig:
         """Refuse a global batch that does not split evenly over ``world_size`` processes of

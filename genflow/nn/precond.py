@@ -53,18 +53,32 @@ class Preconditioner(nn.Module):
         self.unet = build_unet(config)
 
     def input_scale(self, t: Tensor, like: Tensor) -> Tensor:
-        """``c_in(t)`` shaped to broadcast against ``like`` and in its dtype, computed in float64
-        (where the device has it) so that it is exactly 1 on a variance-preserving path."""
-        s = self.schedule(t.to(torch.float32 if t.device.type == "mps" else torch.float64))
+        """``c_in(t)`` shaped to broadcast against ``like`` and in its dtype. Where the backbone gets
+        diffusers' step index (:attr:`feeds_steps`) it is computed in float64, where it rounds to
+        exactly 1 on DDPM's variance-preserving path, so the backbone sees what diffusers feeds
+        it; elsewhere in float32, as genflow always has (older runs train the same numbers)."""
+        s = self.schedule(t.to(self.schedule_dtype(t)))
         shape = (-1,) + (1,) * (like.ndim - 1)
-        return torch.rsqrt(s.alpha**2 + s.sigma**2).reshape(shape).to(like.dtype)
+        alpha, sigma = s.alpha.reshape(shape), s.sigma.reshape(shape)
+        if not self.feeds_steps:
+            alpha, sigma = alpha.to(like.dtype), sigma.to(like.dtype)
+        return torch.rsqrt(alpha**2 + sigma**2).to(like.dtype)
+
+    @property
+    def feeds_steps(self) -> bool:
+        """Whether the backbone gets diffusers' step index (a discrete process, not a ``999t`` run)."""
+        return self.discrete_steps is not None and self.config.time_embedding == "step"
+
+    def schedule_dtype(self, t: Tensor) -> torch.dtype:
+        """float64 where the backbone gets step indices (and the device has it), else float32."""
+        return torch.float64 if self.feeds_steps and t.device.type != "mps" else torch.float32
 
     def timestep(self, t: Tensor) -> Tensor:
         """The embedding's input at process times ``t``: the step index ``T t - 1`` of a
         discrete process (exactly an integer at the nodes), else ``999 t``."""
-        if self.discrete_steps is None or self.config.time_embedding == "999t":
+        if not self.feeds_steps:
             return t * TIMESTEP_SCALE
-        index = t.to(torch.float32 if t.device.type == "mps" else torch.float64) * self.discrete_steps - 1
+        index = t.to(self.schedule_dtype(t)) * self.discrete_steps - 1
         nearest = index.round()
         return torch.where((index - nearest).abs() < NODE_TOLERANCE, nearest, index)
 

@@ -37,7 +37,7 @@ from genflow.progress import Reporter, SilentReporter
 from genflow.runs.checkpoint import CHECKPOINTS, Checkpoint, describe_latest, latest_name, write_checkpoint
 from genflow.runs.files import EMA_WEIGHTS, METRICS, RAW_WEIGHTS, SAMPLES, MetricsLog
 from genflow.solvers.guidance import class_rows
-from genflow.storage import save_weights
+from genflow.storage import load_matching, save_weights
 from genflow.train.objective import Objective
 from genflow.train.runtime import Runtime
 from genflow.train.state import TrainingState, batch_rows
@@ -64,6 +64,8 @@ class TrainingSetup:
     evaluate: Callable[[nn.Module], dict] | None = None
     classes: tuple[str, ...] | None = None
     """The class names of a conditional run (label ``k`` is ``classes[k]``); ``None`` otherwise."""
+    initial_weights: Mapping[str, Tensor] | None = None
+    """Backbone weights a fresh run starts from (``init_from``); ``None``: torch's initialisation."""
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -120,7 +122,10 @@ class Trainer:
     def fresh_state(self) -> TrainingState:
         torch.manual_seed(self.config.seed)
         process = self.setup.process
-        model = Preconditioner(self.setup.unet_config, process.schedule, process.discrete_steps).to(self.runtime.device)
+        model = Preconditioner(self.setup.unet_config, process.schedule, process.discrete_steps)
+        if self.setup.initial_weights is not None:
+            load_matching(model.unet, dict(self.setup.initial_weights), Path(self.config.init_from or "init_from"))
+        model = model.to(self.runtime.device)
         ema = copy.deepcopy(model).requires_grad_(False)
         if self.config.gradient_checkpointing:
             model.unet.enable_gradient_checkpointing()  # diffusers' activation recomputation (Chen et al. 2016)

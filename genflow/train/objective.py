@@ -59,3 +59,49 @@ class DenoisingObjective:
             raise GenflowError("a batch with labels needs a class-conditional model (train with --conditional)")
         dropped = torch.rand(labels.shape, generator=generator, device=labels.device) < self.label_dropout
         return labels.masked_fill(dropped, self.null_label)
+
+
+class PairedObjective(DenoisingObjective):
+    """Reflow (Liu, Gong & Liu 2022, sec. 2.2): the process's loss on fixed pairs, the noise of
+    each sample being ``batch["noise"]``, the noise its teacher's ODE started from, rather than
+    fresh noise. On rectified flow's straight path the target is ``noise - sample``, so the new
+    flow's paths are straighter than the teacher's (their theorem 3.6)."""
+
+    def draw(self, batch: Batch, generator: torch.Generator) -> Batch:
+        """``batch`` (which carries its paired ``noise``) with ``times`` from the process's training distribution."""
+        images, labels = batch["images"], batch.get("labels")
+        drawn = dict(batch)
+        if labels is not None:
+            drawn["labels"] = self.drop_labels(labels, generator)
+        drawn["times"] = self.training_times(images.shape[0], generator, images.device)
+        return drawn
+
+    def training_times(self, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        return self.process.sample_training_times(n, generator, device)
+
+
+class DistillationObjective(PairedObjective):
+    """A ``steps_out``-step student (Liu et al. 2022, sec. 2.3, distillation): the paired loss at
+    times on the ``steps_out``-step uniform Euler grid only, ``t = k / K`` for ``k = 1..K``.
+    On the straight line between a pair, an Euler step with the target velocity from one grid
+    time lands on the line at the next, so a student that fits these times takes the pair's
+    noise to its teacher sample in K Euler steps; for K = 1 the loss is the L2 distance of the
+    one-step sample ``noise - v(noise, 1)`` from the teacher's sample."""
+
+    def __init__(self, process: GaussianProcess, steps_out: int, label_dropout: float = 0.0, null_label: int | None = None) -> None:
+        super().__init__(process, label_dropout, null_label)
+        self.steps_out = steps_out
+
+    def training_times(self, n: int, generator: torch.Generator, device: torch.device) -> Tensor:
+        k = torch.randint(1, self.steps_out + 1, (n,), generator=generator, device=device)
+        return k.float() / self.steps_out
+
+
+def make_objective(name: str, process: GaussianProcess, steps_out: int = 1, label_dropout: float = 0.0, null_label: int | None = None) -> Objective:
+    """The objective a run's config names: ``denoising`` (fresh noise), ``reflow`` (paired
+    noise) or ``distill`` (paired noise at the ``steps_out`` Euler grid's times)."""
+    if name == "distill":
+        return DistillationObjective(process, steps_out, label_dropout, null_label)
+    if name == "reflow":
+        return PairedObjective(process, label_dropout, null_label)
+    return DenoisingObjective(process, label_dropout, null_label)

@@ -1,0 +1,196 @@
+"""Few-step generation from any trained run with a probability-flow ODE: reflow and
+distillation (Liu, Gong & Liu 2022, "Flow straight and fast"), and the straightness that
+shows them work.
+
+- :func:`reflow`: integrate the teacher's ODE from N seeded noises, store the (noise, sample)
+  pairs in the new run (:mod:`genflow.pairs`), and train a ``rectified-flow`` student on them
+  (objective ``reflow``), from the teacher's weights when the teacher is rectified flow.
+- :func:`distill`: a K-step student trained on a reflow run's pairs (objective ``distill``),
+  from that run's weights.
+- :func:`straightness`: ``E int_0^1 ||(x_1 - x_0) - dx/dt||^2 dt`` along the run's ODE
+  (their sec. 2.3, eq. 9), per dimension.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+import genflow
+from genflow.config import TrainConfig, capped_warmup, merge_values
+from genflow.errors import GenflowError
+from genflow.pairs import Manifest, generate, read_manifest, write_manifest
+from genflow.processes.base import GaussianProcess, Model
+from genflow.progress import Reporter, SilentReporter
+from genflow.runs import files
+from genflow.solvers.base import BoundModel
+from genflow.storage import sha256_file
+
+PAIRS_FOLDER = "pairs"
+STRAIGHTNESS_PATHS = 256
+"""Paths ``genflow eval --straightness`` averages over (seeds ``seed .. seed + 255``)."""
+DEFAULT_SOLVER, DEFAULT_STEPS = "dpm++2m", 40
+"""Pairs must be accurate ODE endpoints: DPM-Solver++(2M) at 40 steps is within rounding of the
+converged ODE on the digits' backbones (``benchmarks/results/solvers-*.md``)."""
+
+
+def teacher_record(loaded: Any) -> dict[str, Any]:
+    """What identifies a teacher in its pairs' manifest: its run, process and weights."""
+    weights = loaded.path / files.EMA_WEIGHTS
+    return {
+        "path": str(loaded.path.resolve()),
+        "process": {"name": loaded.process.name, "options": loaded.process.options()},
+        "weights_sha256": sha256_file(weights) if weights.is_file() else None,
+    }
+
+
+def check_teacher(loaded: Any, solver: str, solver_options: dict) -> None:
+    """A teacher needs an unconditional model and a solver of its probability-flow ODE."""
+    if loaded.classes is not None:
+        raise GenflowError("reflow of a class-conditional teacher is not supported yet; use an unconditional run")
+    spec = genflow.SOLVERS.get(solver)
+    options = spec.resolve_options(solver_options)
+    spec.check_process(loaded.process, options)
+    if spec.injects_noise(options):
+        raise GenflowError(
+            f"solver {solver} adds noise, so its samples are not a function of their starting noise; reflow pairs need a "
+            "probability-flow ODE solver (dpm++2m, unipc, heun, euler, dopri5, ...)"
+        )
+
+
+def make_pairs(
+    loaded: Any, folder: Path, count: int, solver: str, steps: int | None, seed: int, batch_size: int | None, reporter: Reporter
+) -> Manifest:
+    """Make (or finish) ``count`` pairs of the loaded teacher in ``folder``."""
+    spec = genflow.SOLVERS.get(solver)
+    steps = spec.fixed_steps(steps if steps is not None else DEFAULT_STEPS)
+    config = loaded.model.config
+    shape = [config.channels, config.resolution, config.resolution]
+    stats = genflow.SamplingStats()
+
+    def integrate(seeds: range) -> Tensor:
+        n = len(seeds)
+        return genflow.sample(loaded.model, loaded.process, shape=(n, *shape), solver=solver, steps=steps, seed=list(seeds),
+                              batch_size=batch_size, stats=stats)  # fmt: skip
+
+    grid = loaded.process.default_grid if steps is not None else "adaptive"
+    plan = Manifest(count=count, teacher=teacher_record(loaded), solver=solver, steps=steps or 0, grid=grid, nfe=0.0, seed=seed, shape=shape)
+    manifest = generate(folder, plan, integrate, loaded.process.prior_std, reporter.note)
+    if stats.nfe:
+        manifest.nfe = stats.nfe
+        write_manifest(folder, manifest)
+    return manifest
+
+
+def student_config(teacher: Any, pairs: Path, init: str, overrides: dict[str, Any]) -> TrainConfig:
+    """The student's config: the teacher's training settings and backbone, rectified flow on
+    the pairs, started from the teacher's weights when ``init`` says so."""
+    saved = files.RunFiles(teacher.path, teacher.config).train_config()
+    from_teacher = init == "teacher" or (init == "auto" and teacher.process.name == "rectified-flow")
+    if from_teacher and teacher.process.name != "rectified-flow":
+        raise GenflowError(f"--init teacher needs a rectified-flow teacher (its velocity is the student's start), not {teacher.process.name}")
+    values = saved.to_dict() | {
+        "process": "rectified-flow",
+        "process_options": {},
+        "objective": "reflow",
+        "pairs": str(pairs.resolve()),
+        "init_from": str(teacher.path.resolve()) if from_teacher else None,
+        "model": teacher.config["model"],
+        "conditional": False,
+    }
+    return capped_warmup(TrainConfig.from_dict(merge_values(values, overrides), source="genflow reflow").validate())
+
+
+def reflow(
+    teacher: str | Path,
+    out: Path,
+    pairs: int,
+    solver: str = DEFAULT_SOLVER,
+    steps: int | None = None,
+    seed: int = 0,
+    init: str = "auto",
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    batch_size: int | None = None,
+    reporter: Reporter | None = None,
+    **solver_options: float | str,
+) -> Path:
+    """Make ``pairs`` (noise, sample) pairs of ``teacher``'s ODE in ``out/pairs`` and train a
+    rectified-flow student on them in ``out``; ``resume`` finishes the pairs, then the training.
+    ``overrides`` are training config values (``steps``, ``batch_size``, ``lr``, ...)."""
+    from genflow import api
+
+    reporter = reporter or SilentReporter()
+    if pairs < 1:
+        raise GenflowError(f"--pairs must be >= 1, not {pairs}")
+    if init not in ("auto", "teacher", "scratch"):
+        raise GenflowError(f"--init must be auto, teacher or scratch, not {init!r}")
+    loaded = api.load(teacher, device="auto")
+    check_teacher(loaded, solver, solver_options)
+    student = student_config(loaded, out / PAIRS_FOLDER, init, overrides or {})
+    if resume and (out / files.CONFIG).is_file():
+        return api.resume(out, {k: v for k, v in (overrides or {}).items() if k == "steps"}, reporter)
+    if not resume:
+        files.new_run_dir(out, "rectified-flow", overwrite)
+    elif not out.is_dir():
+        raise GenflowError(f"{out} does not exist; start it without --resume")
+    manifest = make_pairs(loaded, out / PAIRS_FOLDER, pairs, solver, steps, seed, batch_size, reporter)
+    reporter.note(f"{manifest.count} pairs: {manifest.solver}, {manifest.steps} steps, NFE {manifest.nfe:g}, {manifest.seconds:.1f} s")
+    return api.train(student, out, overwrite=True, reporter=reporter)
+
+
+def distill(
+    run: str | Path, out: Path, steps_out: int = 1, overrides: dict[str, Any] | None = None, overwrite: bool = False,
+    reporter: Reporter | None = None,
+) -> Path:  # fmt: skip
+    """Train a ``steps_out``-step rectified-flow student on the reflow pairs of ``run``, from its weights."""
+    from genflow import api
+
+    run_files = files.read_run(files.resolve_run(run))
+    saved = run_files.train_config()
+    if not saved.pairs:
+        raise GenflowError(f"{run_files.path} was not trained on reflow pairs; distill a run made by 'genflow reflow'")
+    if read_manifest(Path(saved.pairs)) is None:
+        raise GenflowError(f"{saved.pairs} holds no reflow pairs (no manifest); make them again with 'genflow reflow'")
+    values = saved.to_dict() | {"objective": "distill", "steps_out": steps_out, "init_from": str(run_files.path.resolve())}
+    config = capped_warmup(TrainConfig.from_dict(merge_values(values, overrides or {}), source="genflow distill").validate())
+    return api.train(config, out, overwrite=overwrite, reporter=reporter)
+
+
+@torch.no_grad()
+def straightness(
+    model: Model, process: GaussianProcess, shape: Sequence[int], steps: int = 100, seed: int = 0, batch_size: int | None = None
+) -> float:
+    """``E int_0^1 ||(x_1 - x_0) - v(x_t, t)||^2 dt / D`` along ``steps`` uniform Euler steps of the
+    probability-flow ODE from ``x_1`` (the prior noise of per-sample seeds ``seed + i``) to
+    ``x_0`` (Liu et al. 2022, eq. 9; 0 for straight paths). With Euler steps, ``x_1 - x_0 =
+    sum_k dt v_k``, so it is ``sum_k dt ||v_k||^2 - ||x_1 - x_0||^2``, accumulated per step."""
+    n, sample_shape = shape[0], tuple(shape[1:])
+    batch_size = batch_size or n
+    times = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+    device = next(model.parameters()).device if isinstance(model, torch.nn.Module) else torch.device("cpu")
+    total = 0.0
+    for start in range(0, n, batch_size):
+        seeds = range(seed + start, seed + min(n, start + batch_size))
+        x1 = process.prior_std * genflow.NoiseSource(list(seeds), device)(sample_shape)
+        bound, x, energy = BoundModel(model, process), x1.clone(), torch.zeros(len(seeds), dtype=torch.float64, device=device)
+        for t, s in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
+            v = bound.velocity(x, t)
+            energy += (t - s) * v.double().flatten(1).pow(2).sum(1)
+            x = x + (s - t) * v
+        total += float((energy - (x1 - x).double().flatten(1).pow(2).sum(1)).sum())
+    return total / (n * int(torch.tensor(sample_shape).prod()))
+
+
+def straightness_of_run(loaded: Any, n: int, steps: int = 100, seed: int = 0, batch_size: int | None = None) -> float:
+    """:func:`straightness` of a loaded run's model with ``n`` trajectories."""
+    config = loaded.model.config
+    return straightness(loaded.model, loaded.process, (n, config.channels, config.resolution, config.resolution), steps, seed, batch_size)
+
+
+__all__ = ["distill", "reflow", "straightness", "straightness_of_run"]
