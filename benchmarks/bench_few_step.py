@@ -16,8 +16,8 @@ import time
 from pathlib import Path
 
 from genflow import api
+from genflow.few_step import distill, reflow, straightness_of_run
 from genflow.progress import reporter_for
-from genflow.reflow import distill, reflow, straightness_of_run
 
 NFES = (1, 2, 4, 20)
 
@@ -63,8 +63,8 @@ def main() -> None:
             file.write(json.dumps(row) + "\n")
     lines = ["| model | solver | NFE | FD | straightness | stage wall time (s) |", "|---|---|---|---|---|---|"]
     lines += [f"| {r['model']} | {r['solver']} | {r['nfe']:g} | {r['fd']:.3f} | {r['straightness']:.4f} | {r['stage_seconds']:.0f} |" for r in rows]
-    lines += ["", f"pairs: {pairs['count']}, {pairs['solver']} at {pairs['steps']} steps (NFE {pairs['nfe']:g}), {pairs['seconds']:.0f} s;"
-              f" FD floor {rows[0]['fd_floor']:.3f}, fresh real images {rows[0]['fd_fresh']:.3f}"]  # fmt: skip
+    summary = f"pairs: {pairs['count']}, {pairs['solver']} at {pairs['steps']} steps (NFE {pairs['nfe']:g}), {pairs['seconds']:.0f} s;"
+    lines += ["", f"{summary} FD floor {rows[0]['fd_floor']:.3f}, fresh real images {rows[0]['fd_fresh']:.3f}"]
     (args.out / "few-step.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -93,7 +93,7 @@ def evaluate(
         if nll:
             result |= api.negative_log_likelihood(loaded, nll_n, seed, nll_steps)
         if straightness:
-            from genflow.reflow import STRAIGHTNESS_PATHS, straightness_of_run
+            from genflow.few_step import STRAIGHTNESS_PATHS, straightness_of_run
 
             result["straightness"] = straightness_of_run(loaded, STRAIGHTNESS_PATHS, straightness_steps, seed, batch_size)
     if as_json:

@@ -33,7 +33,16 @@ from genflow.timesteps import GRIDS, make_grid
 __version__ = "0.1.0"
 
 # Imported on first use (PEP 562): they pull in torch, which the registries above do not.
-_LAZY = {"sample": "genflow.sampling", "SamplingStats": "genflow.sampling", "log_likelihood": "genflow.likelihood"}
+_LAZY = {
+    "sample": "genflow.sampling",
+    "SamplingStats": "genflow.sampling",
+    "log_likelihood": "genflow.likelihood",
+    "reflow": "genflow.few_step",
+    "distill": "genflow.few_step",
+    "straightness": "genflow.few_step",
+    "export_run": "genflow.interop.export",
+    "import_diffusers": "genflow.interop.importer",
+}
 
 
 def __getattr__(name: str) -> object:
@@ -63,8 +72,13 @@ __all__ = [
     "TrainingStopped",
     "UnknownNameError",
     "__version__",
+    "distill",
+    "export_run",
+    "import_diffusers",
     "log_likelihood",
     "make_grid",
     "make_process",
+    "reflow",
     "sample",
+    "straightness",
 ]

@@ -4,6 +4,8 @@ it, load it, sample it, score it. Run files live in :mod:`genflow.runs`, the loo
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -104,7 +106,7 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetu
     evaluate = training_evaluator(config, process, images, runtime.device, unet.num_classes) if config.eval_every else None
     resolved = config.with_resolved(process.options(), unet.to_dict())
     objective = make_objective(config.objective, process, config.steps_out, config.label_dropout, unet.null_label)
-    initial = initial_weights(config.init_from) if config.init_from else None
+    initial = functools.partial(initial_weights, config.init_from) if config.init_from else None
     return TrainingSetup(resolved, process, objective, data, runtime, evaluate, classes, initial)
 
 
@@ -186,6 +188,8 @@ def resume(
         if changes:
             reporter.note("resume changes " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
         runtime.decide(lambda: record_resume(run_files, setup, checkpoint, changes))
+        if checkpoint is not None:
+            setup = dataclasses.replace(setup, initial_weights=None)  # the checkpoint's weights replace them
         trainer = Trainer(setup, path, reporter)
         trainer.resume_from(checkpoint)
         trainer.run()

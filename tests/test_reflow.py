@@ -14,9 +14,9 @@ from torch import nn
 import genflow
 from genflow import api
 from genflow.config import TrainConfig
+from genflow.few_step import straightness
 from genflow.pairs import Manifest, generate, read_pairs
 from genflow.processes import make_process
-from genflow.reflow import straightness
 from genflow.train.objective import DistillationObjective, PairedObjective
 
 PAIRS = 2048
@@ -112,7 +112,7 @@ def test_straightness_is_zero_for_straight_paths_and_not_otherwise():
     """A velocity that is constant along each path has straightness 0; the exact mixture's
     curved paths have a positive one."""
     process = make_process("rectified-flow")
-    constant = lambda x, t: torch.ones_like(x)  # noqa: E731
+    constant = lambda x, t: torch.ones_like(x)
     assert abs(straightness(constant, process, (64, 2), steps=10)) < 1e-6  # float32 paths
     assert straightness(four_blobs().exact_model(process), process, (64, 2), steps=50) > 0.01
 

@@ -64,8 +64,9 @@ class TrainingSetup:
     evaluate: Callable[[nn.Module], dict] | None = None
     classes: tuple[str, ...] | None = None
     """The class names of a conditional run (label ``k`` is ``classes[k]``); ``None`` otherwise."""
-    initial_weights: Mapping[str, Tensor] | None = None
-    """Backbone weights a fresh run starts from (``init_from``); ``None``: torch's initialisation."""
+    initial_weights: Callable[[], Mapping[str, Tensor]] | None = None
+    """What reads the backbone weights a fresh run starts from (``init_from``); ``None``: torch's
+    initialisation."""
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -124,7 +125,7 @@ class Trainer:
         process = self.setup.process
         model = Preconditioner(self.setup.unet_config, process.schedule, process.discrete_steps)
         if self.setup.initial_weights is not None:
-            load_matching(model.unet, dict(self.setup.initial_weights), Path(self.config.init_from or "init_from"))
+            load_matching(model.unet, dict(self.setup.initial_weights()), Path(self.config.init_from or "init_from"))
         model = model.to(self.runtime.device)
         ema = copy.deepcopy(model).requires_grad_(False)
         if self.config.gradient_checkpointing:
