@@ -46,8 +46,15 @@ def reflow(
 ) -> None:
     """Make (noise, sample) pairs of a teacher's ODE and train a rectified-flow student on them
     (reflow: straighter paths, so fewer steps). A kill loses at most the shard in flight; --resume continues."""
+    from genflow.errors import GenflowError
     from genflow.progress import reporter_for
+    from genflow.train.runtime import launched_distributed
 
+    if launched_distributed():
+        raise GenflowError(
+            "genflow reflow makes its pairs in one process; run it without a launcher (the student's training, stopped with "
+            "Ctrl-C, continues on every process with: torchrun ... -m genflow train --resume OUT)"
+        )
     overrides = training_overrides(train_steps, batch_size, lr, option)
     run_dir = reflow_module.reflow(teacher, out, pairs, solver, steps, seed, init, overrides, overwrite, resume, sample_batch_size, reporter_for())
     say(f"reflowed {teacher} -> {run_dir} (pairs in {run_dir / 'pairs'})")
