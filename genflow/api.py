@@ -103,11 +103,17 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetu
     images = data["images"]
     check_batch_size(config.batch_size, len(images))
     unet = backbone_config(config, images, len(classes or ()))
-    evaluate = training_evaluator(config, process, images, runtime.device, unet.num_classes) if config.eval_every else None
+    evaluate = training_evaluator(config, process, real_images(config, images), runtime.device, unet.num_classes) if config.eval_every else None
     resolved = config.with_resolved(process.options(), unet.to_dict())
     objective = make_objective(config.objective, process, config.steps_out, config.label_dropout, unet.null_label)
     initial = functools.partial(initial_weights, config.init_from) if config.init_from else None
     return TrainingSetup(resolved, process, objective, data, runtime, evaluate, classes, initial)
+
+
+def real_images(config: TrainConfig, training_images: Tensor) -> Tensor:
+    """The real images a run is scored against: its training images, or for a run on reflow
+    pairs (a teacher's samples) those of its dataset."""
+    return load_labelled_dataset(config.dataset, config.data_dir).images if config.pairs else training_images
 
 
 def initial_weights(run: str) -> dict[str, Tensor]:

@@ -23,7 +23,7 @@ from torch import Tensor
 
 from genflow.errors import GenflowError
 from genflow.solvers import NoiseSource
-from genflow.storage import atomic_write, sha256_file, write_json
+from genflow.storage import atomic_write, remove_temporaries, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 PAIRS_FORMAT = "genflow-pairs/1"
@@ -108,6 +108,7 @@ def generate(
     import time
 
     folder.mkdir(parents=True, exist_ok=True)
+    remove_temporaries([folder])  # a shard that was being written when a kill came
     existing = read_manifest(folder)
     if existing is not None and not existing.same_plan(plan):
         raise GenflowError(

@@ -4,6 +4,9 @@ Gaussian-mixture teacher, resumable pair generation, and the commands on real ru
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -117,23 +120,32 @@ def test_straightness_is_zero_for_straight_paths_and_not_otherwise():
     assert straightness(four_blobs().exact_model(process), process, (64, 2), steps=50) > 0.01
 
 
-def test_pair_generation_interrupted_resumes_to_the_same_pairs(tmp_path):
-    """A kill in the middle loses at most the shard in flight; the resumed pairs are those of an
-    uninterrupted run; a truncated shard is caught and made again."""
+KILLED_GENERATION = """
+import os, signal, sys
+from pathlib import Path
+sys.path.insert(0, {tests!r})
+import genflow
+from test_reflow import exact_pairs, four_blobs, make_process
+process = make_process("rectified-flow")
+teacher = four_blobs().exact_model(process)
+calls = 0
+def make(seeds):
+    global calls
+    calls += 1
+    if calls == 3:  # the third shard is in flight
+        os.kill(os.getpid(), signal.SIGKILL)
+    return genflow.sample(teacher, process, shape=(len(seeds), 2), solver="dopri5", seed=list(seeds), rtol=1e-6, atol=1e-6)
+exact_pairs(Path({folder!r}), shard_size=512, make=make)
+"""
+
+
+def test_pair_generation_killed_resumes_to_the_same_pairs(tmp_path):
+    """kill -9 while a shard is in flight loses that shard only; the resumed pairs are those of
+    an uninterrupted run; a truncated shard is caught and made again."""
     exact_pairs(tmp_path / "whole", shard_size=512)
-    calls = 0
-    process = make_process("rectified-flow")
-    teacher = four_blobs().exact_model(process)
-
-    def interrupted(seeds: range) -> torch.Tensor:
-        nonlocal calls
-        calls += 1
-        if calls == 3:
-            raise KeyboardInterrupt
-        return genflow.sample(teacher, process, shape=(len(seeds), 2), solver="dopri5", seed=list(seeds), rtol=1e-6, atol=1e-6)
-
-    with pytest.raises(KeyboardInterrupt):
-        exact_pairs(tmp_path / "cut", shard_size=512, make=interrupted)
+    script = KILLED_GENERATION.format(tests=str(Path(__file__).parent), folder=str(tmp_path / "cut"))
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=240, check=False)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     manifest = json.loads((tmp_path / "cut" / "manifest.json").read_text())
     assert len(manifest["shards"]) == 2
     with pytest.raises(genflow.GenflowError, match="2 of 4 pair shards"):
