@@ -237,6 +237,7 @@ def test_an_import_exported_again_is_the_same_model(tmp_path):
 
 def test_an_imported_run_samples_evaluates_and_tells_what_it_is(tmp_path):
     folder = save_diffusers_folder(tmp_path / "diffusers", diffusers.DDPMScheduler())  # clip_sample on, diffusers' default
+    expect_usage_error(invoke("sample", folder, "--n", "2", "--out", tmp_path / "x.png"), "diffusers model", "genflow import")
     imported = invoke("import", folder, "--out", tmp_path / "run")
     assert imported.exit_code == 0 and "clip_sample" in imported.stdout
     assert invoke("sample", tmp_path / "run", "--n", "4", "--steps", "4", "--out", tmp_path / "s.png").exit_code == 0

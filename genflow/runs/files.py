@@ -116,6 +116,8 @@ def read_run(run: str | Path) -> RunFiles:
         raise GenflowError(f"run {path} does not exist; train one with 'genflow train' or pass a run directory")
     config_file = path / CONFIG
     if not config_file.is_file():
+        if (path / "model_index.json").is_file():
+            raise GenflowError(f"{path} is a diffusers model, not a genflow run; import it first with 'genflow import {path} --out RUN'")
         raise GenflowError(f"{path} is not a genflow run (no {CONFIG}); pass a directory made by 'genflow train'")
     try:
         record = json.loads(config_file.read_text())
