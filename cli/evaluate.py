@@ -72,6 +72,8 @@ def evaluate(
     conditioning = {"classes": class_spec, "guidance": guidance, "guidance_interval": interval(guidance_interval)}
     if samples is not None and (class_spec is not None or guidance != 1 or guidance_interval is not None):
         raise GenflowError("--class, --guidance and --guidance-interval sample a conditional run; --samples scores a file")
+    if samples is not None and straightness:
+        raise GenflowError("--straightness follows a run's ODE; --samples scores a file of finished samples")
     if samples is not None:
         if not reports_errors():
             return  # a samples file is scored once, by the main process of a distributed launch

@@ -92,7 +92,7 @@ def training_data(config: TrainConfig) -> tuple[dict[str, Tensor], tuple[str, ..
     return {"images": dataset.images, "labels": dataset.labels}, dataset.classes
 
 
-def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetup:
+def prepare(config: TrainConfig, runtime: Runtime | None = None, resuming: bool = False) -> TrainingSetup:
     """Validate ``config`` and load what it names; every input error surfaces here, before any
     file is written. The setup's config has its process options and backbone resolved."""
     config.validate()
@@ -106,7 +106,10 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None) -> TrainingSetu
     evaluate = training_evaluator(config, process, real_images(config, images), runtime.device, unet.num_classes) if config.eval_every else None
     resolved = config.with_resolved(process.options(), unet.to_dict())
     objective = make_objective(config.objective, process, config.steps_out, config.label_dropout, unet.null_label)
-    initial = functools.partial(initial_weights, config.init_from) if config.init_from else None
+    initial = None
+    if config.init_from:  # a new run checks the weights now, before writing; a resume reads them if it starts afresh
+        load = functools.partial(initial_weights, config.init_from, unet)
+        initial = load if resuming else functools.partial(dict, load())
     return TrainingSetup(resolved, process, objective, data, runtime, evaluate, classes, initial)
 
 
@@ -116,10 +119,21 @@ def real_images(config: TrainConfig, training_images: Tensor) -> Tensor:
     return load_labelled_dataset(config.dataset, config.data_dir).images if config.pairs else training_images
 
 
-def initial_weights(run: str) -> dict[str, Tensor]:
-    """The EMA backbone weights of ``run``, which a new run starts from (``init_from``)."""
+def initial_weights(run: str, backbone: UNetConfig) -> dict[str, Tensor]:
+    """The EMA backbone weights of ``run``, which a new run starts from (``init_from``), checked
+    against this run's backbone."""
+    from genflow.nn.unet import build_unet
+
     run_files = read_run(run)
-    weights, _, _ = files.ema_weights(run_files.path, run_files.config["train"]["steps"])
+    weights, source, _ = files.ema_weights(run_files.path, run_files.config["train"]["steps"])
+    expected = {name: tuple(value.shape) for name, value in build_unet(backbone).state_dict().items()}
+    found = {name: tuple(value.shape) for name, value in weights.items()}
+    if found != expected:
+        name = next(k for k in sorted(expected.keys() | found.keys()) if expected.get(k) != found.get(k))
+        raise GenflowError(
+            f"the weights of {run_files.path} ({source.name}) do not fit this run's backbone ({name}: {found.get(name)} there, "
+            f"{expected.get(name)} here); keep the teacher's model settings, or start from scratch (--init scratch)"
+        )
     return weights
 
 
@@ -176,7 +190,7 @@ def resume(
     if run_files.config.get("imported"):
         raise GenflowError(f"{run_files.path} was imported from diffusers, not trained by genflow: there is no training to resume")
     saved = run_files.train_config()
-    setup = prepare(resume_rules.resumed_config(saved, overrides or {}), runtime)
+    setup = prepare(resume_rules.resumed_config(saved, overrides or {}), runtime, resuming=True)
     saved_data = run_files.config.get("data", {})  # its fingerprint is absent in runs from before it
     data = data_record(setup) if saved_data.get("sha256") else {}
     resume_rules.check_same_run(resume_rules.identity(saved, saved_data), resume_rules.identity(setup.config, data))
@@ -293,7 +307,9 @@ def sample_run(
     if n < 1:
         raise GenflowError(f"n must be >= 1, not {n}")
     check_conditioning(loaded, labels, guidance, guidance_interval)
-    check_fixed_steps(solver or loaded.process.default_solver, steps)
+    solver, steps = sampling_defaults(loaded, solver, steps)
+    check_fixed_steps(solver, steps)
+    check_student_solver(loaded, solver, solver_options)
     runtime = runtime or SingleProcess(next(loaded.model.parameters()).device)
     share = process_share(n, runtime)
     config, stats = loaded.model.config, SamplingStats()
@@ -362,6 +378,26 @@ class ClassRequest:
 
 DEFAULT_SAMPLES = 64
 PER_CLASS_IN_A_GRID = 8
+
+
+def sampling_defaults(loaded: LoadedRun, solver: str | None, steps: int | None) -> tuple[str, int | None]:
+    """The solver and steps to sample with: those given, else the process's default solver; a
+    distilled K-step student's default is the Euler grid it was trained for (``steps_out`` steps)."""
+    train = loaded.config["train"]
+    if train.get("objective") == "distill" and solver in (None, "euler"):
+        return "euler", steps if steps is not None else train.get("steps_out", 1)
+    return solver or loaded.process.default_solver, steps
+
+
+def check_student_solver(loaded: LoadedRun, solver: str, solver_options: dict) -> None:
+    """A run trained on reflow pairs has no Gaussian conditionals ``x_t | x0`` (its noise was
+    paired with each image by a teacher), which stochastic samplers assume."""
+    spec = genflow.SOLVERS.get(solver)
+    if loaded.config["train"].get("objective", "denoising") != "denoising" and spec.injects_noise(spec.resolve_options(solver_options)):
+        raise GenflowError(
+            f"solver {solver} adds noise, which assumes x_t | x0 is Gaussian; a run trained on reflow pairs learns only the ODE: "
+            "choose an ODE solver (euler, heun, dpm++2m, unipc, dopri5)"
+        )
 
 
 def check_fixed_steps(solver: str, steps: int | None) -> None:

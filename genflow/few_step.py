@@ -13,6 +13,7 @@ shows them work.
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,12 +24,13 @@ from torch import Tensor
 import genflow
 from genflow.config import TrainConfig, capped_warmup, merge_values
 from genflow.errors import GenflowError
-from genflow.pairs import Manifest, generate, read_manifest, write_manifest
+from genflow.pairs import Manifest, check_plan, generate, read_manifest, write_manifest
 from genflow.processes.base import GaussianProcess, Model
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs import files
 from genflow.solvers.base import BoundModel
 from genflow.storage import sha256_file
+from genflow.train.state import check_batch_size
 
 PAIRS_FOLDER = "pairs"
 STRAIGHTNESS_PATHS = 256
@@ -39,12 +41,15 @@ converged ODE on the digits' backbones (``benchmarks/results/solvers-*.md``)."""
 
 
 def teacher_record(loaded: Any) -> dict[str, Any]:
-    """What identifies a teacher in its pairs' manifest: its run, process and weights."""
-    weights = loaded.path / files.EMA_WEIGHTS
+    """What identifies a teacher in its pairs' manifest: its run, process, and the weights file
+    it was loaded from (an unfinished teacher's newest checkpoint) with its sha256 and step."""
+    _, source, step = files.ema_weights(loaded.path, loaded.config["train"]["steps"])
     return {
         "path": str(loaded.path.resolve()),
         "process": {"name": loaded.process.name, "options": loaded.process.options()},
-        "weights_sha256": sha256_file(weights) if weights.is_file() else None,
+        "weights": str(source.relative_to(loaded.path)),
+        "weights_sha256": sha256_file(source),
+        "checkpoint_step": step,
     }
 
 
@@ -62,24 +67,30 @@ def check_teacher(loaded: Any, solver: str, solver_options: dict) -> None:
         )
 
 
-def make_pairs(
-    loaded: Any, folder: Path, count: int, solver: str, steps: int | None, seed: int, batch_size: int | None, reporter: Reporter
-) -> Manifest:
-    """Make (or finish) ``count`` pairs of the loaded teacher in ``folder``."""
+def pair_plan(loaded: Any, count: int, solver: str, steps: int | None, seed: int, batch_size: int | None) -> Manifest:
+    """The pairs to make, every setting checked (the solver's grid included) before any file is written."""
     spec = genflow.SOLVERS.get(solver)
     steps = spec.fixed_steps(steps if steps is not None else DEFAULT_STEPS)
+    if steps is not None:
+        genflow.make_grid(loaded.process.default_grid, steps, loaded.process)
+    if batch_size is not None and batch_size < 1:
+        raise GenflowError(f"--sample-batch-size must be >= 1, not {batch_size}")
     config = loaded.model.config
-    shape = [config.channels, config.resolution, config.resolution]
+    return Manifest(count=count, teacher=teacher_record(loaded), solver=solver, steps=steps or 0,
+                    grid=loaded.process.default_grid if steps is not None else "adaptive", nfe=0.0, seed=seed,
+                    shape=[config.channels, config.resolution, config.resolution], batch_size=batch_size)  # fmt: skip
+
+
+def make_pairs(loaded: Any, folder: Path, plan: Manifest, reporter: Reporter, **solver_options: float | str) -> Manifest:
+    """Make (or finish) the planned pairs of the loaded teacher in ``folder``."""
     stats = genflow.SamplingStats()
+    steps = plan.steps or None
 
     def integrate(seeds: range) -> Tensor:
-        n = len(seeds)
-        return genflow.sample(loaded.model, loaded.process, shape=(n, *shape), solver=solver, steps=steps, seed=list(seeds),
-                              batch_size=batch_size, stats=stats)  # fmt: skip
+        return genflow.sample(loaded.model, loaded.process, shape=(len(seeds), *plan.shape), solver=plan.solver, steps=steps,
+                              seed=list(seeds), batch_size=plan.batch_size, stats=stats, **solver_options)  # fmt: skip
 
-    grid = loaded.process.default_grid if steps is not None else "adaptive"
-    plan = Manifest(count=count, teacher=teacher_record(loaded), solver=solver, steps=steps or 0, grid=grid, nfe=0.0, seed=seed, shape=shape)
-    manifest = generate(folder, plan, integrate, loaded.process.prior_std, reporter.note)
+    manifest = generate(folder, plan, integrate)
     if stats.nfe:
         manifest.nfe = stats.nfe
         write_manifest(folder, manifest)
@@ -101,6 +112,8 @@ def student_config(teacher: Any, pairs: Path, init: str, overrides: dict[str, An
         "init_from": str(teacher.path.resolve()) if from_teacher else None,
         "model": teacher.config["model"],
         "conditional": False,
+        "steps_out": 1,
+        "steps": saved.steps or TrainConfig.steps,  # an imported teacher trained no steps here
     }
     return capped_warmup(TrainConfig.from_dict(merge_values(values, overrides), source="genflow reflow").validate())
 
@@ -131,17 +144,35 @@ def reflow(
     if init not in ("auto", "teacher", "scratch"):
         raise GenflowError(f"--init must be auto, teacher or scratch, not {init!r}")
     loaded = api.load(teacher, device="auto")
+    check_distinct(out, loaded.path)
     check_teacher(loaded, solver, solver_options)
+    plan = pair_plan(loaded, pairs, solver, steps, seed, batch_size)
     student = student_config(loaded, out / PAIRS_FOLDER, init, overrides or {})
-    if resume and (out / files.CONFIG).is_file():
-        return api.resume(out, {k: v for k, v in (overrides or {}).items() if k == "steps"}, reporter)
-    if not resume:
+    check_batch_size(student.batch_size, pairs)
+    if resume:
+        check_same_pairs(out / PAIRS_FOLDER, plan)
+        if (out / files.CONFIG).is_file():
+            return api.resume(out, overrides or {}, reporter)
+    else:
         files.new_run_dir(out, "rectified-flow", overwrite)
-    elif not out.is_dir():
-        raise GenflowError(f"{out} does not exist; start it without --resume")
-    manifest = make_pairs(loaded, out / PAIRS_FOLDER, pairs, solver, steps, seed, batch_size, reporter)
+        files.clear_run(out)
+        shutil.rmtree(out / PAIRS_FOLDER, ignore_errors=True)  # --overwrite: another run's pairs go too
+    manifest = make_pairs(loaded, out / PAIRS_FOLDER, plan, reporter, **solver_options)
     reporter.note(f"{manifest.count} pairs: {manifest.solver}, {manifest.steps} steps, NFE {manifest.nfe:g}, {manifest.seconds:.1f} s")
     return api.train(student, out, overwrite=True, reporter=reporter)
+
+
+def check_same_pairs(folder: Path, plan: Manifest) -> None:
+    """``--resume`` continues the pairs it started: the same teacher and settings."""
+    if not folder.parent.is_dir():
+        raise GenflowError(f"{folder.parent} does not exist; start it without --resume")
+    check_plan(folder, plan)
+
+
+def check_distinct(out: Path, source: Path) -> None:
+    """A new run may not be written over the run it learns from."""
+    if out.resolve() == source.resolve():
+        raise GenflowError(f"--out {out} is the run it would learn from; choose another folder")
 
 
 def distill(
@@ -152,6 +183,7 @@ def distill(
     from genflow import api
 
     run_files = files.read_run(files.resolve_run(run))
+    check_distinct(out, run_files.path)
     saved = run_files.train_config()
     if not saved.pairs:
         raise GenflowError(f"{run_files.path} was not trained on reflow pairs; distill a run made by 'genflow reflow'")
@@ -178,12 +210,13 @@ def straightness(
     for start in range(0, n, batch_size):
         seeds = range(seed + start, seed + min(n, start + batch_size))
         x1 = process.prior_std * genflow.NoiseSource(list(seeds), device)(sample_shape)
-        bound, x, energy = BoundModel(model, process), x1.clone(), torch.zeros(len(seeds), dtype=torch.float64, device=device)
+        wide = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
+        bound, x, energy = BoundModel(model, process), x1.clone(), torch.zeros(len(seeds), dtype=wide, device=device)
         for t, s in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
             v = bound.velocity(x, t)
-            energy += (t - s) * v.double().flatten(1).pow(2).sum(1)
+            energy += (t - s) * v.to(wide).flatten(1).pow(2).sum(1)
             x = x + (s - t) * v
-        total += float((energy - (x1 - x).double().flatten(1).pow(2).sum(1)).sum())
+        total += float((energy - (x1 - x).to(wide).flatten(1).pow(2).sum(1)).sum())
     return total / (n * int(torch.tensor(sample_shape).prod()))
 
 

@@ -1,9 +1,12 @@
 """Reflow pairs: (noise, sample) pairs of a teacher's probability-flow ODE, stored as
 safetensors shards with a manifest (Liu, Gong & Liu 2022, sec. 2.2, "reflow").
 
-Pair ``i`` starts from the prior noise of per-sample seed ``seed + i`` (the first draw of its
-own generator, as :func:`genflow.sample` draws it), so a pair never depends on the shard or
-batch it was made in, and generation resumes exactly: a shard is written whole under a
+Pair ``i`` starts from the noise of per-sample seed ``seed + i`` (the first draw of its own
+generator, as :func:`genflow.sample` draws it; the teacher starts from it times its prior's
+standard deviation, 50 for a VE SDE, and the pair stores the unit noise a rectified-flow student
+starts from), so a pair never depends on the shard it was made in (nor on the batch, for a
+fixed-step solver; an adaptive one's step control spans its batch, which the manifest records),
+and generation resumes exactly: a shard is written whole under a
 temporary name and renamed, then the manifest records it with its sha256. A kill loses at
 most the shard in flight; a shard whose file is missing or whose sha256 differs is redone.
 """
@@ -47,6 +50,8 @@ class Manifest:
     shards: dict[str, str] = field(default_factory=dict)
     """Shard file name -> sha256, for the shards written so far."""
     seconds: float = 0.0
+    batch_size: int | None = None
+    """Pairs per teacher call (``None``: a whole shard)."""
     format: str = PAIRS_FORMAT
 
     @property
@@ -65,7 +70,7 @@ class Manifest:
 
     def same_plan(self, other: Manifest) -> bool:
         """Whether ``other`` makes the same pairs (a resume may not change them)."""
-        keys = ("count", "teacher", "solver", "steps", "grid", "seed", "shape", "shard_size", "format")
+        keys = ("count", "teacher", "solver", "steps", "grid", "seed", "shape", "shard_size", "batch_size", "format")
         return all(getattr(self, k) == getattr(other, k) for k in keys)
 
 
@@ -90,16 +95,27 @@ def verified_shards(folder: Path, manifest: Manifest) -> dict[str, str]:
     return {name: digest for name, digest in manifest.shards.items() if (folder / name).is_file() and sha256_file(folder / name) == digest}
 
 
-def prior_noise(seeds: range, shape: tuple[int, ...], prior_std: float) -> Tensor:
-    """The prior sample :func:`genflow.sample` starts from for these per-sample seeds."""
-    return prior_std * NoiseSource(list(seeds))(shape)
+def unit_noise(seeds: range, shape: tuple[int, ...]) -> Tensor:
+    """The standard normal noise :func:`genflow.sample` starts from (times the prior's standard
+    deviation) for these per-sample seeds."""
+    return NoiseSource(list(seeds))(shape)
+
+
+def check_plan(folder: Path, plan: Manifest) -> Manifest | None:
+    """The manifest already in ``folder`` (``None`` if none), which must plan the same pairs."""
+    existing = read_manifest(folder)
+    if existing is not None and not existing.same_plan(plan):
+        raise GenflowError(
+            f"{folder} holds pairs made differently (teacher, its weights, solver, steps, count, seed or batch differ); "
+            "resume with the same settings or start a new --out"
+        )
+    return existing
 
 
 def generate(
     folder: Path,
     plan: Manifest,
     make: Callable[[range], Tensor],
-    prior_std: float,
     note: Callable[[str], None] = lambda message: None,
 ) -> Manifest:
     """Fill ``folder`` with the pairs ``plan`` describes, ``make(indices)`` integrating the
@@ -109,11 +125,7 @@ def generate(
 
     folder.mkdir(parents=True, exist_ok=True)
     remove_temporaries([folder])  # a shard that was being written when a kill came
-    existing = read_manifest(folder)
-    if existing is not None and not existing.same_plan(plan):
-        raise GenflowError(
-            f"{folder} holds pairs made differently (teacher, solver, steps, count or seed differ); resume with the same settings or use a new --out"
-        )
+    existing = check_plan(folder, plan)
     manifest = existing or plan
     kept = verified_shards(folder, manifest)
     if len(kept) < len(manifest.shards):
@@ -128,7 +140,7 @@ def generate(
         started = time.perf_counter()
         indices = manifest.shard_range(index)
         seeds = range(manifest.seed + indices.start, manifest.seed + indices.stop)
-        tensors = {"noise": prior_noise(seeds, shape, prior_std).cpu().contiguous(), "sample": make(seeds).cpu().contiguous()}
+        tensors = {"noise": unit_noise(seeds, shape).cpu().contiguous(), "sample": make(seeds).cpu().contiguous()}
         write_shard(folder / name, tensors)
         manifest.shards[name] = sha256_file(folder / name)
         manifest.seconds += time.perf_counter() - started

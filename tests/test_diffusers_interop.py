@@ -313,9 +313,14 @@ def test_an_existing_destination_is_kept_without_overwrite(ddpm_export, tmp_path
     expect_usage_error(invoke("export", run, taken), "--overwrite")
     folder = save_diffusers_folder(tmp_path / "diffusers", diffusers.DDPMScheduler())
     expect_usage_error(invoke("import", folder, "--out", taken), "--overwrite")
+    expect_usage_error(invoke("export", run, taken, "--overwrite"), "not a diffusers export")
+    expect_usage_error(invoke("export", run, run.parent, "--overwrite"), "holds the run")
     assert snapshot(taken) == {"mine.txt": sha256_file(taken / "mine.txt")}
-    assert invoke("export", run, taken, "--overwrite").exit_code == 0
-    assert (taken / "model_index.json").is_file() and not (taken / "mine.txt").exists()
+    again = tmp_path / "again"
+    assert invoke("export", run, again).exit_code == 0
+    (again / "unet" / "stale.txt").write_text("from before")
+    assert invoke("export", run, again, "--overwrite").exit_code == 0
+    assert (again / "model_index.json").is_file() and not (again / "unet" / "stale.txt").exists()
 
 
 def test_runs_diffusers_cannot_load_exactly_are_refused(tmp_path, conditional_run):

@@ -17,7 +17,7 @@ from torch import nn
 import genflow
 from genflow import api
 from genflow.config import TrainConfig
-from genflow.few_step import straightness
+from genflow.few_step import STRAIGHTNESS_PATHS, straightness, straightness_of_run
 from genflow.pairs import Manifest, generate, read_pairs
 from genflow.processes import make_process
 from genflow.train.objective import DistillationObjective, PairedObjective
@@ -46,7 +46,7 @@ def exact_pairs(folder: Path, shard_size: int = 512, make=None) -> Manifest:
 
     plan = Manifest(count=PAIRS, teacher={"path": "exact mixture"}, solver="dopri5", steps=0, grid="adaptive", nfe=0.0, seed=0,
                     shape=[2], shard_size=shard_size)  # fmt: skip
-    return generate(folder, plan, make or integrate, process.prior_std)
+    return generate(folder, plan, make or integrate)
 
 
 def train_student(objective, pairs: dict[str, torch.Tensor], steps: int = 1500) -> VelocityMLP:
@@ -80,7 +80,7 @@ def test_the_pairs_are_the_exact_odes_endpoints(mixture_pairs):
     integration agrees), and that noise is the prior draw of its per-sample seed."""
     process = make_process("rectified-flow")
     teacher = four_blobs().exact_model(process)
-    noise = process.prior_std * genflow.NoiseSource(range(64))((2,))
+    noise = genflow.NoiseSource(range(64))((2,))  # rectified flow's prior is N(0, I)
     assert torch.equal(mixture_pairs["noise"][:64], noise)
     again = genflow.sample(teacher, process, shape=(64, 2), solver="heun", steps=400, seed=0)
     assert (again - mixture_pairs["images"][:64]).abs().max() < 1e-3
@@ -184,13 +184,20 @@ def test_reflow_and_distill_commands_make_runs_that_sample_and_score(tiny_teache
     assert invoke("distill", student, "--out", distilled, "--train-steps", "4", "--batch-size", "16").exit_code == 0
     assert json.loads((distilled / "config.json").read_text())["train"]["objective"] == "distill"
     assert invoke("sample", distilled, "--solver", "euler", "--steps", "1", "--n", "4", "--out", tmp_path / "one.png").exit_code == 0
-    scored = invoke("eval", distilled, "--solver", "euler", "--steps", "1", "--n", "16", "--straightness", "--straightness-steps", "8", "--json")
+    scored = invoke("eval", distilled, "--n", "16", "--straightness", "--straightness-steps", "8", "--json")
     assert scored.exit_code == 0, scored.output
-    assert json.loads(scored.stdout)["straightness"] >= 0
+    result = json.loads(scored.stdout)
+    assert result["solver"] == "euler" and result["nfe"] == 1  # a one-step student's default
+    expected = straightness_of_run(api.load(distilled, device="cpu"), STRAIGHTNESS_PATHS, steps=8)
+    assert result["straightness"] == pytest.approx(expected, rel=1e-9) and expected > 0
+    expect_usage_error(invoke("sample", student, "--solver", "ancestral", "--n", "2", "--out", tmp_path / "x.png"), "reflow pairs")
 
 
 def test_reflow_refuses_what_it_cannot_use(tiny_teacher, tmp_path, conditional_run):
     expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "a", "--solver", "ancestral"), "adds noise")
+    expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "a", "--steps", "0"), "steps")
+    expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "a", "--pairs", "8"), "batch")
+    expect_usage_error(invoke("reflow", tiny_teacher, "--out", tiny_teacher, "--overwrite"), "learn from")
     expect_usage_error(invoke("reflow", conditional_run, "--out", tmp_path / "b"), "class-conditional")
     expect_usage_error(invoke("distill", tiny_teacher, "--out", tmp_path / "c"), "not trained on reflow pairs")
     made = invoke("reflow", tiny_teacher, "--out", tmp_path / "d", "--pairs", "16", "--steps", "2", "--train-steps", "2", "--batch-size", "16")

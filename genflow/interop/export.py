@@ -87,12 +87,18 @@ def pipeline_for(loaded) -> object:
     return EXPORT_TARGETS[name](loaded)
 
 
-def check_destination(out_dir: Path, overwrite: bool) -> None:
-    """Refuse an existing, non-empty ``out_dir`` unless ``overwrite``, and a file."""
+def check_destination(out_dir: Path, overwrite: bool, run: Path | None = None) -> None:
+    """Refuse a file, a folder that holds ``run``, and an existing non-empty folder unless
+    ``overwrite`` and it is an earlier export (a diffusers folder: ``model_index.json``)."""
     if out_dir.exists() and not out_dir.is_dir():
         raise GenflowError(f"{out_dir} is a file; choose a folder to export to")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise GenflowError(f"{out_dir} exists and is not empty; choose another folder or pass --overwrite")
+    if run is not None and out_dir.resolve() in (run.resolve(), *run.resolve().parents):
+        raise GenflowError(f"{out_dir} holds the run {run}; export to another folder")
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise GenflowError(f"{out_dir} exists and is not empty; choose another folder or pass --overwrite")
+        if not (out_dir / "model_index.json").is_file():
+            raise GenflowError(f"{out_dir} is not a diffusers export (no model_index.json); --overwrite replaces only those, so choose another folder")
 
 
 def save_pipeline(pipeline: object, out_dir: Path, overwrite: bool) -> Path:
@@ -136,6 +142,6 @@ def export_run(run: str | Path | None, out_dir: str | Path, overwrite: bool = Fa
     from genflow import api
 
     out_dir = Path(out_dir)
-    check_destination(out_dir, overwrite)
     loaded = api.load(run, device="cpu")
+    check_destination(out_dir, overwrite, loaded.path)
     return save_pipeline(pipeline_for(loaded), out_dir, overwrite)

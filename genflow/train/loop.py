@@ -121,11 +121,12 @@ class Trainer:
         self.grid_seconds = 0.0
 
     def fresh_state(self) -> TrainingState:
+        initial = self.setup.initial_weights() if self.setup.initial_weights is not None else None  # before seeding: reading may draw
         torch.manual_seed(self.config.seed)
         process = self.setup.process
         model = Preconditioner(self.setup.unet_config, process.schedule, process.discrete_steps)
-        if self.setup.initial_weights is not None:
-            load_matching(model.unet, dict(self.setup.initial_weights()), Path(self.config.init_from or "init_from"))
+        if initial is not None:
+            load_matching(model.unet, dict(initial), Path(self.config.init_from or "init_from"))
         model = model.to(self.runtime.device)
         ema = copy.deepcopy(model).requires_grad_(False)
         if self.config.gradient_checkpointing:
