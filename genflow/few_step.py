@@ -30,7 +30,6 @@ from genflow.progress import Reporter, SilentReporter
 from genflow.runs import files
 from genflow.solvers.base import BoundModel
 from genflow.storage import sha256_file
-from genflow.train.state import check_batch_size
 
 PAIRS_FOLDER = "pairs"
 STRAIGHTNESS_PATHS = 256
@@ -148,7 +147,8 @@ def reflow(
     check_teacher(loaded, solver, solver_options)
     plan = pair_plan(loaded, pairs, solver, steps, seed, batch_size)
     student = student_config(loaded, out / PAIRS_FOLDER, init, overrides or {})
-    check_batch_size(student.batch_size, pairs)
+    if student.batch_size > pairs:
+        raise GenflowError(f"--pairs {pairs} is fewer than the student's batch of {student.batch_size}; make more pairs or lower --batch-size")
     if resume:
         check_same_pairs(out / PAIRS_FOLDER, plan)
         if (out / files.CONFIG).is_file():

@@ -203,5 +203,6 @@ def test_reflow_refuses_what_it_cannot_use(tiny_teacher, tmp_path, conditional_r
     made = invoke("reflow", tiny_teacher, "--out", tmp_path / "d", "--pairs", "16", "--steps", "2", "--train-steps", "2", "--batch-size", "16")
     assert made.exit_code == 0, made.output
     (tmp_path / "d" / "config.json").unlink()  # as if killed before training started
-    expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "d", "--pairs", "16", "--steps", "3", "--resume"), "made differently")
+    expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "d", "--pairs", "16", "--steps", "3", "--batch-size", "16", "--resume"),
+                       "made differently")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "c").exists()
