@@ -111,6 +111,13 @@ class TrainConfig:
         if not isinstance(self.steps_out, int) or self.steps_out < 1:
             raise GenflowError(f"steps_out must be a whole number >= 1, not {self.steps_out!r}")
 
+    def own_sampler(self, default_solver: str) -> tuple[str, int]:
+        """The solver and steps of the run's own samples (grids, ``--eval-every``): a distilled
+        student's Euler grid of ``steps_out`` steps, else the process's default solver at ``sample_steps``."""
+        if self.objective == "distill":
+            return "euler", self.steps_out
+        return default_solver, self.sample_steps
+
     def check_divides(self, world_size: int) -> TrainConfig:
         """Refuse a global batch that does not split evenly over ``world_size`` processes of
         ``grad_accumulation`` micro-batches each."""

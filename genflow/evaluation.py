@@ -142,8 +142,8 @@ def evaluate_samples_file(path: Path, dataset: str = "digits", seed: int = 0) ->
 def training_evaluator(
     config: TrainConfig, process: GaussianProcess, images: Tensor, device: torch.device, num_classes: int = 0
 ) -> Callable[[nn.Module], dict]:
-    """Frechet distance (and its floor) of ``eval_n`` EMA samples with the process's default
-    solver at ``sample_steps``, for ``--eval-every``; a conditional run's samples cover its
+    """Frechet distance (and its floor) of ``eval_n`` EMA samples with the run's own sampler
+    (:meth:`TrainConfig.own_sampler`), for ``--eval-every``; a conditional run's samples cover its
     ``num_classes`` classes evenly (guidance 1)."""
     from genflow.metrics import check_sample_count
 
@@ -152,9 +152,10 @@ def training_evaluator(
 
     def scores(ema: nn.Module) -> dict:
         shape = (config.eval_n, *images.shape[1:])
-        steps = genflow.SOLVERS.get(process.default_solver).fixed_steps(config.sample_steps)
+        solver, sample_steps = config.own_sampler(process.default_solver)
+        steps = genflow.SOLVERS.get(solver).fixed_steps(sample_steps)
         labels = balanced_labels(config.eval_n, num_classes)
-        samples = genflow.sample(ema, process, shape=shape, steps=steps, seed=0, device=device, labels=labels)
+        samples = genflow.sample(ema, process, shape=shape, solver=solver, steps=steps, seed=0, device=device, labels=labels)
         report = score(samples, images, config.dataset)
         return {"fd": report["fd"], "fd_floor": report["fd_floor"], "kid": report["kid"]}
 

@@ -293,15 +293,18 @@ class Trainer:
         """A grid of EMA samples in ``samples/``, announced (with the last grid's time) and timed."""
         if not self.runtime.is_main:
             return
-        process, solver = self.setup.process, genflow.SOLVERS.get(self.setup.process.default_solver)
+        process = self.setup.process
+        name, sample_steps = self.config.own_sampler(process.default_solver)
+        solver = genflow.SOLVERS.get(name)
         conditioning, columns = self.grid_conditioning()
         count = len(conditioning.get("labels", ())) or GRID_SAMPLES
         last = f"; the last took {self.grid_seconds:.0f} s" if self.grid_seconds else ""
-        how = solver.describe_steps(self.config.sample_steps, process.default_grid)
+        how = solver.describe_steps(sample_steps, process.default_grid)
         self.reporter.note(f"step {step}: sampling a grid of {count} ({solver.name}, {how}{last})")
         stats, shape = genflow.SamplingStats(), (count, *self.setup.data["images"].shape[1:])
-        steps, device = solver.fixed_steps(self.config.sample_steps), self.runtime.device
-        images = genflow.sample(self.state.ema, process, shape=shape, steps=steps, device=device, stats=stats, **conditioning)
+        steps, device = solver.fixed_steps(sample_steps), self.runtime.device
+        images = genflow.sample(self.state.ema, process, shape=shape, solver=name, steps=steps, device=device, stats=stats,
+                                **conditioning)  # fmt: skip
         path = save_samples(images, self.run_dir / SAMPLES / f"step-{step:06d}.png", overwrite=True, columns=columns)
         self.grid_seconds = stats.seconds
         self.reporter.note(f"step {step}: grid -> {path} ({stats.seconds:.1f} s)")
