@@ -86,6 +86,23 @@ def test_the_pairs_are_the_exact_odes_endpoints(mixture_pairs):
     assert (again - mixture_pairs["images"][:64]).abs().max() < 1e-3
 
 
+def test_a_ve_teachers_pairs_hold_the_unit_noise_a_student_starts_from(tmp_path):
+    """A VE teacher starts from 50 z (its prior's standard deviation); its pair stores z, the
+    rectified-flow student's noise, and the sample the teacher's ODE reaches from 50 z."""
+    process = make_process("sde", sde="ve")
+    teacher = four_blobs().exact_model(process)
+
+    def integrate(seeds: range) -> torch.Tensor:
+        return genflow.sample(teacher, process, shape=(len(seeds), 2), solver="dpm++2m", steps=40, seed=list(seeds))
+
+    plan = Manifest(count=64, teacher={"path": "exact mixture, VE"}, solver="dpm++2m", steps=40, grid="karras", nfe=0.0, seed=0, shape=[2])
+    generate(tmp_path, plan, integrate)
+    pairs = read_pairs(tmp_path)
+    assert process.prior_std > 10
+    assert torch.equal(pairs["noise"], genflow.NoiseSource(range(64))((2,)))
+    assert torch.equal(pairs["images"], integrate(range(64)))
+
+
 def test_a_reflowed_student_is_straighter_and_better_in_one_step(mixture_pairs, blobs_floor):
     process = make_process("rectified-flow")
     teacher = four_blobs().exact_model(process)
