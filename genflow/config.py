@@ -223,7 +223,7 @@ def to_toml(config: TrainConfig) -> str:
     values = {k: v for k, v in config.to_dict().items() if v is not None}
     lines = [f"{key} = {toml_value(value)}" for key, value in values.items() if key not in TABLES]
     for table in TABLES:
-        lines += ["", f"[{table}]", *(f"{key} = {toml_value(value)}" for key, value in values[table].items())]
+        lines += ["", f"[{table}]", *(f"{key} = {toml_value(value)}" for key, value in values[table].items() if value is not None)]
     return "\n".join(lines) + "\n"
 
 
