@@ -80,7 +80,7 @@ def test_every_process_option_and_solver_option_is_a_flag():
 @pytest.mark.parametrize("flag", ["--schedule", "--beta-schedule"])
 def test_process_flags_reach_the_process(flag, tmp_path):
     result = invoke("train", "--process", "ddpm", flag, "quadratic", "--out", tmp_path / "run")
-    expect_usage_error(result, "beta_schedule must be one of linear, cosine, not 'quadratic'")
+    expect_usage_error(result, "beta_schedule must be one of linear, scaled-linear, cosine, not 'quadratic'")
     assert not (tmp_path / "run").exists()
 
 
