@@ -73,7 +73,7 @@ class DDPM(GaussianProcess):
     """Denoising diffusion probabilistic model (Ho et al. 2020), eps prediction by default."""
 
     name = "ddpm"
-    summary = "discrete T=1000 diffusion, linear or cosine betas (Ho et al. 2020); sampled with DPM-Solver++(2M)"
+    summary = "discrete T=1000 diffusion, linear, scaled-linear or cosine betas (Ho et al. 2020); sampled with DPM-Solver++(2M)"
     default_solver = "dpm++2m"  # best FD on the digits at 10 and 20 NFE (benchmarks/results/digits-defaults.md)
     default_grid = "logsnr"
 
