@@ -30,6 +30,22 @@ from genflow.lazy import lazy_import
 
 api = lazy_import("genflow.api")  # torch and diffusers: imported when a command runs
 
+PAPER_SAMPLES = 50_000  # genflow.inception.PAPER_SAMPLES, spelled here to keep startup free of torch
+MetricOption = Annotated[
+    str | None,
+    typer.Option(
+        help="classifier: the digits classifier's scores (default for the digits); fid: FID and KID in Inception-v3 "
+        "features (default with --inception-weights, or with $GENFLOW_INCEPTION_WEIGHTS for other data)."
+    ),
+]
+InceptionWeightsOption = Annotated[
+    Path | None,
+    typer.Option(
+        help="Inception-v3 FID weights file for --metric fid (default $GENFLOW_INCEPTION_WEIGHTS); genflow downloads "
+        "nothing: get weights-inception-2015-12-05-6726825d.pth from torch-fidelity's releases once."
+    ),
+]
+
 
 @app.command("eval")
 @fails_cleanly
@@ -40,7 +56,13 @@ def evaluate(
     steps: Annotated[int | None, typer.Option(help="Solver steps.")] = None,
     grid: GridOption = None,
     n: Annotated[
-        int | None, typer.Option("--n", "--num-samples", "-n", help="Samples to score (default and most: half the real data, or of each class).")
+        int | None,
+        typer.Option(
+            "--n",
+            "--num-samples",
+            "-n",
+            help="Samples to score (classifier: default and most half the real data, or of each class; fid: default 50,000).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed for samples and the real-data split.")] = 0,
     class_spec: ClassOption = None,
@@ -59,6 +81,8 @@ def evaluate(
     straightness_steps: Annotated[int, typer.Option(help="Euler steps along each path for --straightness.")] = 100,
     samples: Annotated[Path | None, typer.Option(help="Score this .npz (uint8 NHWC, arr_0) instead of sampling a run.")] = None,
     dataset: Annotated[str, typer.Option(help="Real data for --samples.")] = "digits",
+    metric: MetricOption = None,
+    inception_weights: InceptionWeightsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
     solver_options: dict | None = None,
 ) -> None:
@@ -67,7 +91,9 @@ def evaluate(
     optionally NLL in bits/dim. A conditional run's samples cover its classes (or --class)
     evenly at --guidance; they also get class agreement (the share the digits classifier calls
     by their class) and each class's FD against that class's real images beside its floor.
-    With --samples, score an .npz of uint8 NHWC images (arr_0) made by any program instead."""
+    With --samples, score an .npz of uint8 NHWC images (arr_0) made by any program instead.
+    With --metric fid: FID and KID against all the real data in the standard Inception-v3
+    features (torch-fidelity's network, from --inception-weights), 50,000 samples by default."""
     check_counts(None if samples else n, nll_n if nll else None, nll_steps, straightness_steps)
     conditioning = {"classes": class_spec, "guidance": guidance, "guidance_interval": interval(guidance_interval)}
     if samples is not None and (class_spec is not None or guidance != 1 or guidance_interval is not None):
@@ -77,7 +103,7 @@ def evaluate(
     if samples is not None:
         if not reports_errors():
             return  # a samples file is scored once, by the main process of a distributed launch
-        result = {"samples": str(samples), **api.evaluate_samples_file(samples, dataset, seed)}
+        result = {"samples": str(samples), **api.evaluate_samples_file(samples, dataset, seed, metric, inception_weights, device)}
         title = f"{samples} ({result['n']} samples, {dataset})"
     else:
         from genflow.train.runtime import runtime_for
@@ -85,7 +111,7 @@ def evaluate(
         runtime = runtime_for(device)  # under torchrun: one share of the samples per process
         loaded = api.load(run, str(runtime.device))
         scores = api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **conditioning, runtime=runtime,
-                                  **(solver_options or {}))  # fmt: skip
+                                  metric=metric, inception_weights=inception_weights, **(solver_options or {}))  # fmt: skip
         if scores is None:
             return  # another process's share, scored by the main process
         result = {"run": str(loaded.path), "process": loaded.process.name} | scores
@@ -98,8 +124,14 @@ def evaluate(
             from genflow.few_step import STRAIGHTNESS_PATHS, straightness_of_run
 
             result["straightness"] = straightness_of_run(loaded, STRAIGHTNESS_PATHS, straightness_steps, seed, batch_size)
+    if result.get("standard_weights") is False:
+        from genflow.inception import NONSTANDARD_NOTE
+
+        print(f"genflow: note: {inception_weights or 'the Inception weights'} are {NONSTANDARD_NOTE}", file=sys.stderr)
     if as_json:
         print(json.dumps(result))
+    elif result.get("metric") == "fid":
+        print_fid(title, result)
     else:
         print_scores(title, result)
         if "fd_per_class" in result:
@@ -145,9 +177,35 @@ def print_scores(title: str, result: dict) -> None:
         classes = len(result["fd_per_class"])
         means = (result[f"{key}_per_class_mean"] for key in ("fd", "fd_floor", "fd_fresh"))
         table.add_row(f"per-class FD (mean of {classes})", *(f"{value:.3f}" for value in means))
-    if "nll_bits_per_dim" in result:
-        table.add_row("NLL (bits/dim)", f"{result['nll_bits_per_dim']:.3f}", "", "")
+    add_nll_row(table, result, "", "")
     out_console.print(table)
+
+
+def add_nll_row(table: Table, result: dict, *blanks: str) -> None:
+    """The NLL row (``--nll``), when measured; ``blanks`` fill the table's other columns."""
+    if "nll_bits_per_dim" in result:
+        table.add_row("NLL (bits/dim)", f"{result['nll_bits_per_dim']:.3f}", *blanks)
+
+
+def print_fid(title: str, result: dict) -> None:
+    """FID and KID in Inception-v3 features beside the sample count (papers use 50,000 samples)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    table.add_column("score", justify="right")
+    table.add_column("samples")
+    note = sample_note(result["n"])
+    table.add_row("FID", f"{result['fid']:.3f}", note)
+    table.add_row("KID", f"{result['kid']:.5f}", note)
+    table.add_row("real images", str(result["reference_images"]), "")
+    if "straightness" in result:
+        table.add_row("straightness", f"{result['straightness']:.4f}", "")
+    add_nll_row(table, result, "")
+    out_console.print(table)
+
+
+def sample_note(n: int) -> str:
+    """``n=5000; papers use 50,000`` (just ``n=50000`` at the papers' count or above)."""
+    return f"n={n}" if n >= PAPER_SAMPLES else f"n={n}; papers use {PAPER_SAMPLES:,}"
 
 
 def print_scores_per_class(result: dict) -> None:

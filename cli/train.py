@@ -29,7 +29,13 @@ def train(
     process: Annotated[str | None, typer.Option(help=f"Process: {', '.join(genflow.PROCESSES.names())}.")] = None,
     config: Annotated[str | None, typer.Option("--config", help="Preset name or TOML file; flags override it.")] = None,
     dataset: Annotated[str | None, typer.Option(help=f"{', '.join(DATASETS)} (digits is embedded), or an image folder.")] = None,
-    data_dir: Annotated[str | None, typer.Option(help="Where torchvision's dataset files are (never downloaded).")] = None,
+    data_dir: Annotated[str | None, typer.Option(help="Where the mnist, fashion-mnist or cifar10 files are (never downloaded).")] = None,
+    resolution: Annotated[
+        int | None, typer.Option(help="Resize (shorter side) and center-crop every training image to this square.")
+    ] = None,
+    random_flip: Annotated[
+        bool | None, typer.Option("--random-flip/--no-random-flip", help="Mirror training images left-right at random (p = 1/2).")
+    ] = None,
     conditional: Annotated[
         bool | None,
         typer.Option("--conditional/--unconditional", help="Train on the data's class labels (for --class and --guidance)."),
@@ -87,7 +93,7 @@ def train(
     -m genflow train' (or 'accelerate launch') the same run trains on N processes."""
     assigned = route_assignments(parse_assignments(option or []))
     flags = {
-        "dataset": dataset, "data_dir": data_dir, "conditional": conditional, "label_dropout": label_dropout, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
+        "dataset": dataset, "data_dir": data_dir, "resolution": resolution, "random_flip": random_flip, "conditional": conditional, "label_dropout": label_dropout, "steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed,
         "device": device, "precision": precision, "grad_accumulation": grad_accumulation,
         "gradient_checkpointing": gradient_checkpointing, "compile": compile, "sample_every": sample_every, "eval_every": eval_every,
         "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "log_every": log_every,

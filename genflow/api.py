@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -16,7 +17,7 @@ from torch import Tensor
 
 import genflow
 from genflow.config import TrainConfig
-from genflow.data import load_labelled_dataset
+from genflow.data import DATASETS, Dataset, as_unit_range, load_labelled_dataset, load_pixels
 from genflow.errors import GenflowError
 from genflow.evaluation import (
     evaluate_samples_file,
@@ -26,6 +27,7 @@ from genflow.evaluation import (
     score,
     training_evaluator,
 )
+from genflow.folders import ImageFiles
 from genflow.image_files import check_output, check_scale, save_samples
 from genflow.nn import Preconditioner, UNetConfig, preset_for
 from genflow.pairs import read_pairs
@@ -39,9 +41,9 @@ from genflow.sampling import SamplingStats, per_sample_seeds
 from genflow.solvers.guidance import FULL_INTERVAL, check_guidance, class_rows, parse_classes
 from genflow.storage import load_matching, write_json
 from genflow.train import Trainer, TrainingSetup
+from genflow.train.batches import TrainingData, check_batch_size
 from genflow.train.objective import make_objective
 from genflow.train.runtime import Runtime, SingleProcess, pick_device, runtime_for
-from genflow.train.state import check_batch_size
 
 __all__ = [
     "ClassRequest",
@@ -63,33 +65,51 @@ __all__ = [
 ]
 
 
-def backbone_config(config: TrainConfig, images: Tensor, num_classes: int = 0) -> UNetConfig:
-    """The preset for the data's shape with the run's ``model`` overrides; ``num_classes``
-    (from the data, 0 for an unconditional run) sizes the class embedding."""
-    _, channels, height, width = images.shape
+def backbone_config(config: TrainConfig, image_shape: Sequence[int], num_classes: int = 0) -> UNetConfig:
+    """The preset for the data's image shape ``(C, H, W)`` with the run's ``model`` overrides;
+    ``num_classes`` (from the data, 0 for an unconditional run) sizes the class embedding."""
+    channels, height, width = image_shape
     if height != width:
         raise GenflowError(f"images must be square, not {height}x{width}")
     shape = {"channels": channels, "resolution": height, "num_classes": num_classes}
     return UNetConfig.from_dict({**preset_for(channels, height).to_dict(), **config.model, **shape})
 
 
-def training_data(config: TrainConfig) -> tuple[dict[str, Tensor], tuple[str, ...] | None]:
-    """The tensors a run trains on (``images``, and ``labels`` when conditional; ``images`` and
-    their paired ``noise`` for a run on reflow pairs) and its class names; a conditional run
-    on data without labels is refused."""
+def training_data(config: TrainConfig) -> tuple[TrainingData, tuple[str, ...] | None]:
+    """What a run trains on (``images``, and ``labels`` when conditional; ``images`` and their
+    paired ``noise`` for a run on reflow pairs) and its class names; an image folder larger
+    than ``data_in_memory_mb`` streams from its files. A conditional run on data without labels
+    is refused."""
     if config.pairs:
         if config.conditional:
             raise GenflowError("reflow pairs carry no labels; train on them without --conditional")
-        return read_pairs(Path(config.pairs)), None
-    dataset = load_labelled_dataset(config.dataset, config.data_dir)
-    if not config.conditional:
-        return {"images": dataset.images}, None
-    if not dataset.labelled:
+        return TrainingData(read_pairs(Path(config.pairs))), None
+    dataset, files, notes = training_images(config)
+    labels = files.labels if files is not None else dataset.labels
+    classes = files.classes if files is not None else dataset.classes
+    if config.conditional and labels is None:
         raise GenflowError(
             f"--conditional needs labelled data, and {config.dataset} has no labels; put an image folder's images in "
             "one subfolder per class, or train without --conditional"
         )
-    return {"images": dataset.images, "labels": dataset.labels}, dataset.classes
+    tensors = {} if files is not None else {"images": dataset.images}
+    if not config.conditional:
+        return TrainingData(tensors, files, notes), None
+    return TrainingData(tensors | {"labels": labels}, files, notes), classes
+
+
+def training_images(config: TrainConfig) -> tuple[Dataset | None, ImageFiles | None, tuple[str, ...]]:
+    """The run's images: in memory as uint8 (the digits as floats), or, for an image folder whose
+    pixels exceed ``data_in_memory_mb``, its files; and a note of what a folder's scan left out."""
+    from genflow.folders import describe_skipped, files_in_memory, scan_folder
+
+    if config.dataset in DATASETS or not Path(config.dataset).is_dir():
+        return load_pixels(config.dataset, config.data_dir, config.resolution), None, ()
+    files = scan_folder(Path(config.dataset), config.resolution, config.bad_images)
+    notes = (describe_skipped(files),) if files.skipped else ()
+    if len(files) * math.prod(files.shape) <= config.data_in_memory_mb * 2**20:
+        return files_in_memory(files), None, notes
+    return None, files, notes
 
 
 def prepare(config: TrainConfig, runtime: Runtime | None = None, resuming: bool = False) -> TrainingSetup:
@@ -100,10 +120,9 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None, resuming: bool 
     runtime = runtime or runtime_for(config.device)
     config.check_divides(runtime.world_size)
     data, classes = training_data(config)
-    images = data["images"]
-    check_batch_size(config.batch_size, len(images))
-    unet = backbone_config(config, images, len(classes or ()))
-    evaluate = training_evaluator(config, process, real_images(config, images), runtime.device, unet.num_classes) if config.eval_every else None
+    check_batch_size(config.batch_size, data.count)
+    unet = backbone_config(config, data.image_shape, len(classes or ()))
+    evaluate = training_evaluator(config, process, real_images(config, data), runtime.device, unet.num_classes) if config.eval_every else None
     resolved = config.with_resolved(process.options(), unet.to_dict())
     objective = make_objective(config.objective, process, config.steps_out, config.label_dropout, unet.null_label)
     initial = None
@@ -113,10 +132,12 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None, resuming: bool 
     return TrainingSetup(resolved, process, objective, data, runtime, evaluate, classes, initial)
 
 
-def real_images(config: TrainConfig, training_images: Tensor) -> Tensor:
-    """The real images a run is scored against: its training images, or for a run on reflow
-    pairs (a teacher's samples) those of its dataset."""
-    return load_labelled_dataset(config.dataset, config.data_dir).images if config.pairs else training_images
+def real_images(config: TrainConfig, data: TrainingData) -> Tensor:
+    """The real images (floats in [-1, 1]) a run is scored against: its training images, or for a
+    run on reflow pairs (a teacher's samples) or on streamed files those of its dataset."""
+    if config.pairs or data.files is not None:
+        return load_labelled_dataset(config.dataset, config.data_dir, config.resolution).images
+    return as_unit_range(data.tensors["images"])
 
 
 def initial_weights(run: str, backbone: UNetConfig) -> dict[str, Tensor]:
@@ -139,7 +160,11 @@ def initial_weights(run: str, backbone: UNetConfig) -> dict[str, Tensor]:
 
 def data_record(setup: TrainingSetup) -> dict:
     """The data part of ``config.json`` for a run trained as ``setup`` says."""
-    return files.data_record(setup.data["images"], setup.data.get("labels"), setup.classes)
+    data = setup.data
+    if data.files is not None:
+        return files.data_record(data.count, data.files.fingerprint(), data.tensors.get("labels"), setup.classes)
+    images = as_unit_range(data.tensors["images"])
+    return files.data_record(len(images), files.data_fingerprint(images), data.tensors.get("labels"), setup.classes)
 
 
 def train(
@@ -428,6 +453,7 @@ def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = N
                  grid: str | None = None, seed: int = 0, batch_size: int | None = None,
                  classes: str | Sequence[int] | None = None, guidance: float = 1.0,
                  guidance_interval: Sequence[float] = FULL_INTERVAL, runtime: Runtime | None = None,
+                 metric: str | None = None, inception_weights: str | Path | None = None,
                  **solver_options: float | str) -> dict | None:  # fmt: skip
     """Sample ``n`` images and score them against the real data, floors included (``n``
     defaults to the most the data allows). A conditional run's samples cover ``classes``
@@ -436,12 +462,22 @@ def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = N
     beside per-class floors added (:func:`genflow.evaluation.plan_evaluation`). Classes or
     guidance for an unconditional run, and counts the scores cannot use, are refused before
     the real data is loaded or anything sampled. Under a distributed ``runtime`` every process
-    samples its share and the main process scores them; the others get ``None``."""
-    from genflow.evaluation import class_scores, plan_evaluation
+    samples its share and the main process scores them; the others get ``None``.
+
+    ``metric`` ``fid`` (:func:`genflow.evaluation.choose_metric` picks when ``None``) scores FID
+    and KID in Inception-v3 features instead, with the weights file ``inception_weights``
+    (:func:`genflow.evaluation.fid_of_run`)."""
+    from genflow.evaluation import choose_metric, class_scores, fid_of_run, plan_evaluation, sampling_fields
 
     conditional = loaded.classes is not None
     labelled = [] if conditional or classes is not None else None  # eval labels every sample of a conditional run
     check_conditioning(loaded, labelled, guidance, guidance_interval)
+    guided = {"guidance": guidance, "guidance_interval": list(guidance_interval)} if conditional else {}
+    if choose_metric(metric, loaded.config["train"]["dataset"], inception_weights) == "fid":
+        sample = functools.partial(sample_run, loaded, solver=solver, steps=steps, grid=grid, seed=seed, batch_size=batch_size,
+                                   guidance=guidance, guidance_interval=guidance_interval, runtime=runtime, **solver_options)  # fmt: skip
+        result = fid_of_run(loaded, n, classes, seed, inception_weights, sample)
+        return None if result is None else result | guided
     feature_classifier(loaded.config["train"]["dataset"])  # refuses a dataset without one before loading or sampling
     dataset, data = run_dataset(loaded)
     check_data_shape(loaded, dataset, data.images)
@@ -450,8 +486,7 @@ def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = N
                                runtime, **solver_options)  # fmt: skip
     if images is None:
         return None
-    result = {"solver": stats.solver, "grid": stats.grid, "steps": stats.steps, "nfe": stats.nfe,
-              "seconds": round(stats.seconds, 4), **score(images, plan.real, dataset, seed)}  # fmt: skip
+    result = sampling_fields(stats) | score(images, plan.real, dataset, seed)
     if conditional:
-        result |= {"guidance": guidance, "guidance_interval": list(guidance_interval)} | class_scores(images, plan, dataset, seed)
+        result |= guided | class_scores(images, plan, dataset, seed)
     return result

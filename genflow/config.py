@@ -27,6 +27,8 @@ PRESETS: Traversable = resources.files("genflow.configs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVES = ("denoising", "reflow", "distill")
+BAD_IMAGES = ("error", "skip")
+MAX_RESOLUTION = 4096
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer's arithmetic is float32
 
 
@@ -38,6 +40,16 @@ class TrainConfig:
     process_options: dict[str, Any] = field(default_factory=dict)
     dataset: str = "digits"
     data_dir: str | None = None
+    resolution: int | None = None
+    """Resize (shorter side) and center-crop every training image to this square (``None``: as they are)."""
+    random_flip: bool = False
+    """Mirror each training image left-right with probability 1/2 (drawn with the data order, so resume is exact)."""
+    bad_images: str = "error"
+    """An image folder's unreadable or odd-sized file: ``error`` (stop, naming it) or ``skip`` (leave it out, counted)."""
+    data_in_memory_mb: int = 4096
+    """Image data whose pixels fit in this many MB is held in memory as uint8; larger folders stream from disk."""
+    data_workers: int | None = None
+    """Processes that decode streamed images (``None``: the cores less one, at most 8; 0: the training process)."""
     conditional: bool = False
     label_dropout: float = 0.1
     model: dict[str, Any] = field(default_factory=dict)
@@ -98,7 +110,16 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise GenflowError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         self.check_objective()
+        self.check_data_options()
         return self
+
+    def check_data_options(self) -> None:
+        if self.resolution is not None and not (isinstance(self.resolution, int) and 1 <= self.resolution <= MAX_RESOLUTION):
+            raise GenflowError(f"resolution must be a whole number of pixels from 1 to {MAX_RESOLUTION}, not {self.resolution!r}")
+        if self.bad_images not in BAD_IMAGES:
+            raise GenflowError(f"bad_images must be one of {', '.join(BAD_IMAGES)}, not {self.bad_images!r}")
+        if self.data_workers is not None and self.data_workers < 0 or self.data_in_memory_mb < 0:
+            raise GenflowError("data_workers and data_in_memory_mb must be >= 0")
 
     def check_objective(self) -> None:
         """A paired objective needs pairs, and a distilled student rectified flow's velocity."""

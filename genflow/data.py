@@ -1,11 +1,15 @@
-"""Datasets as in-memory tensors scaled to [-1, 1], shape (N, C, H, W), with their class labels.
+"""Datasets in memory, shape (N, C, H, W), as uint8 pixels (:func:`load_pixels`, what training
+holds: 4x smaller than floats) or as floats in [-1, 1] (:func:`load_labelled_dataset`), with
+their class labels.
 
 ``digits`` (scikit-learn's 8x8 handwritten digits, 1797 images with 17 grey levels) ships
-inside the scikit-learn wheel and is the default; ``mnist``, ``fashion-mnist`` and
-``cifar10`` read torchvision's files from ``--data-dir`` (never downloaded); any other
-value is a folder of images of one size. Labels come from scikit-learn's targets,
-torchvision's targets, or an image folder's first-level subfolders (one class each, names
-sorted); a flat folder has none.
+inside the scikit-learn wheel and is the default; ``mnist`` and ``fashion-mnist`` are read
+from their idx files by torchvision, ``cifar10`` from its binary (or, through a restricted
+unpickler, python) batches by :mod:`genflow.cifar`, all from ``--data-dir`` and never
+downloaded; any other value is a folder of images (:mod:`genflow.folders`, which also streams
+folders too large for memory). Labels come from scikit-learn's targets, the datasets' own,
+or an image folder's first-level subfolders (one class each, names sorted); a flat folder
+has none.
 """
 
 from __future__ import annotations
@@ -24,15 +28,16 @@ if TYPE_CHECKING:
 np = lazy_import("numpy")
 torch = lazy_import("torch")
 
-TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST", "cifar10": "CIFAR10"}
+TORCHVISION_SETS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
+"""Read through torchvision's idx readers (no pickle)."""
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp"}
-DATASETS = ("digits", *TORCHVISION_SETS)
+DATASETS = ("digits", *TORCHVISION_SETS, "cifar10")
 
 
 @dataclass(frozen=True)
 class Dataset:
-    """Images in [-1, 1] of shape (N, C, H, W) and, where the data has classes, their labels
-    (long, shape (N,), values ``0..len(classes) - 1``) and the class names."""
+    """Images of shape (N, C, H, W), as uint8 pixels or floats in [-1, 1], and, where the data
+    has classes, their labels (long, shape (N,), values ``0..len(classes) - 1``) and the class names."""
 
     images: Tensor
     labels: Tensor | None = None
@@ -42,26 +47,69 @@ class Dataset:
     def labelled(self) -> bool:
         return self.labels is not None
 
+    def in_unit_range(self) -> Dataset:
+        """This data with its images as floats in [-1, 1]."""
+        return Dataset(as_unit_range(self.images), self.labels, self.classes)
+
 
 def load_dataset(name: str, data_dir: str | Path | None = None) -> Tensor:
     """The named dataset, or the image folder at path ``name``, as a float tensor in [-1, 1]."""
     return load_labelled_dataset(name, data_dir).images
 
 
-def load_labelled_dataset(name: str, data_dir: str | Path | None = None) -> Dataset:
-    """The named dataset, or the image folder at path ``name``, with its labels where it has them."""
+def load_labelled_dataset(name: str, data_dir: str | Path | None = None, resolution: int | None = None) -> Dataset:
+    """The named dataset, or the image folder at path ``name``, with its labels where it has
+    them, as floats in [-1, 1]."""
+    return load_pixels(name, data_dir, resolution).in_unit_range()
+
+
+def load_pixels(name: str, data_dir: str | Path | None = None, resolution: int | None = None, bad_images: str = "error") -> Dataset:
+    """The named dataset, or the image folder at path ``name``, in memory as uint8 (the digits,
+    whose 17 levels are not bytes, as floats in [-1, 1]); with ``resolution``, every image
+    resized and center-cropped to that square (:func:`genflow.folders.center_crop`)."""
     if name == "digits":
+        if resolution is not None:
+            raise GenflowError("the digits are 8x8 and take no resolution; --resolution resizes other datasets and image folders")
         return Dataset(load_digits(), digit_labels(), tuple(str(k) for k in range(10)))
-    if name in TORCHVISION_SETS:
-        return load_torchvision(name, data_dir)
+    if name in DATASETS:
+        return resized(load_named_set(name, data_dir), resolution)
     path = Path(name)
     if path.is_dir():
-        return load_image_folder(path)
+        from genflow.folders import load_folder_pixels
+
+        return load_folder_pixels(path, resolution, bad_images)
     if path.exists():
         raise GenflowError(f"dataset {name!r} is a file; give a folder of images or one of {', '.join(DATASETS)}")
     if len(path.parts) > 1 or name.startswith("."):
         raise GenflowError(f"dataset folder {name} does not exist; give a folder of images or one of {', '.join(DATASETS)}")
     raise GenflowError(f"unknown dataset {name!r}: use one of {', '.join(DATASETS)} or a folder of images")
+
+
+def resized(data: Dataset, resolution: int | None) -> Dataset:
+    """``data`` (uint8) with every image resized and center-cropped to ``resolution``."""
+    if resolution is None or data.images.shape[-2:] == (resolution, resolution):
+        return data
+    from PIL import Image
+
+    from genflow.folders import center_crop
+
+    channels = data.images.shape[1]
+    rows = [np.asarray(center_crop(Image.fromarray(hwc.squeeze(-1) if channels == 1 else hwc), resolution)) for hwc in data.images.permute(0, 2, 3, 1).numpy()]
+    images = torch.from_numpy(np.stack(rows).reshape(len(rows), resolution, resolution, channels)).permute(0, 3, 1, 2)
+    return Dataset(images.contiguous(), data.labels, data.classes)
+
+
+def load_named_set(name: str, data_dir: str | Path | None) -> Dataset:
+    """MNIST or Fashion-MNIST (torchvision's idx reader) or CIFAR-10 (:mod:`genflow.cifar`,
+    which never unpickles untrusted files) from the files under ``data_dir``, as uint8."""
+    if data_dir is None:
+        raise GenflowError(f"dataset {name!r} needs --data-dir pointing at its files (nothing is downloaded)")
+    if name == "cifar10":
+        from genflow.cifar import read_cifar10
+
+        cifar = read_cifar10(Path(data_dir))
+        return Dataset(cifar.images, cifar.labels, cifar.classes)
+    return load_torchvision(name, data_dir)
 
 
 def load_digits() -> Tensor:
@@ -79,11 +127,10 @@ def digit_labels() -> Tensor:
     return torch.from_numpy(sklearn_digits().target.astype(np.int64))
 
 
-def load_torchvision(name: str, data_dir: str | Path | None) -> Dataset:
+def load_torchvision(name: str, data_dir: str | Path) -> Dataset:
+    """MNIST or Fashion-MNIST through torchvision, which reads the idx files (no pickle), as uint8."""
     import torchvision
 
-    if data_dir is None:
-        raise GenflowError(f"dataset {name!r} needs --data-dir pointing at torchvision's files (nothing is downloaded)")
     cls = getattr(torchvision.datasets, TORCHVISION_SETS[name])
     try:
         dataset = cls(root=str(data_dir), train=True, download=False)
@@ -92,7 +139,7 @@ def load_torchvision(name: str, data_dir: str | Path | None) -> Dataset:
     array = np.asarray(dataset.data)
     if array.ndim == 3:
         array = array[..., None]
-    images = uint8_to_unit_range(torch.from_numpy(array).permute(0, 3, 1, 2))
+    images = torch.from_numpy(array).permute(0, 3, 1, 2).contiguous()
     labels = torch.as_tensor(np.asarray(dataset.targets), dtype=torch.int64)
     return Dataset(images, labels, tuple(str(c) for c in dataset.classes))
 
@@ -103,9 +150,6 @@ def torchvision_files(name: str, root: Path) -> tuple[Path, list[str], str]:
     import torchvision
 
     cls = getattr(torchvision.datasets, TORCHVISION_SETS[name])
-    if hasattr(cls, "base_folder"):  # CIFAR: the extracted python archive, checksummed
-        needed = [file for file, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
-        return root / cls.base_folder, needed, f"extract {cls.url} into {root}"
     needed = [Path(file).stem for file, _ in cls.resources]  # MNIST family: the unzipped idx files
     return root / cls.__name__ / "raw", needed, f"download the .gz files from {cls.mirrors[0]} and gunzip them there"
 
@@ -124,30 +168,6 @@ def torchvision_files_message(name: str, root: Path, error: Exception) -> str:
     )
 
 
-def load_image_folder(path: Path) -> Dataset:
-    """Every image under ``path`` (recursively), all of one size. Grey images (and palette
-    images whose pixels are all grey) give one channel unless any image has colour: then every
-    image is RGB. Alpha is dropped; 16-bit images are scaled to 8 bits. When every image lies
-    inside a first-level subfolder, each such folder is a class (names sorted, as torchvision's
-    ImageFolder does); images directly in ``path`` make the folder unlabelled."""
-    files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise GenflowError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {path}")
-    arrays = []
-    for file in files:
-        arrays.append(read_image(file))
-        if arrays[-1].shape[:2] != arrays[0].shape[:2]:
-            (h0, w0), (h, w) = arrays[0].shape[:2], arrays[-1].shape[:2]
-            raise GenflowError(
-                f"images differ in size: {files[0].relative_to(path)} is {w0}x{h0}, {file.relative_to(path)} is {w}x{h}; "
-                "resize them to one size"
-            )
-    channels = max(array.shape[2] for array in arrays)
-    stacked = np.stack([np.repeat(array, channels // array.shape[2], axis=2) for array in arrays])
-    images = uint8_to_unit_range(torch.from_numpy(stacked).permute(0, 3, 1, 2))
-    return Dataset(images, *folder_classes([file.relative_to(path) for file in files]))
-
-
 def folder_classes(relative: list[Path]) -> tuple[Tensor | None, tuple[str, ...] | None]:
     """Labels and class names from image paths relative to the folder: the first-level
     subfolder of each, when every image has one; ``(None, None)`` otherwise."""
@@ -156,17 +176,6 @@ def folder_classes(relative: list[Path]) -> tuple[Tensor | None, tuple[str, ...]
     classes = tuple(sorted({file.parts[0] for file in relative}))
     index = {name: k for k, name in enumerate(classes)}
     return torch.tensor([index[file.parts[0]] for file in relative], dtype=torch.int64), classes
-
-
-def read_image(file: Path) -> np.ndarray:
-    """One image file as uint8 of shape (H, W, 1) if grey, (H, W, 3) if it has colour."""
-    from PIL import Image
-
-    try:
-        with Image.open(file) as image:
-            return image_pixels(image)
-    except (OSError, ValueError) as error:  # ValueError: a mode PIL cannot convert
-        raise GenflowError(f"cannot read image {file}: {error}") from None
 
 
 GREY_MODES = ("1", "L", "LA", "La")
@@ -189,6 +198,11 @@ def image_pixels(image: Image) -> np.ndarray:
 def is_grey(rgb: np.ndarray) -> bool:
     """Whether every pixel of an (H, W, 3) array has equal red, green and blue."""
     return bool((rgb[..., 0] == rgb[..., 1]).all() and (rgb[..., 1] == rgb[..., 2]).all())
+
+
+def as_unit_range(images: Tensor) -> Tensor:
+    """Images as floats in [-1, 1]: uint8 pixels mapped by :func:`uint8_to_unit_range`, floats as they are."""
+    return uint8_to_unit_range(images) if images.dtype == torch.uint8 else images
 
 
 def uint8_to_unit_range(images: Tensor) -> Tensor:

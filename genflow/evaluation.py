@@ -1,11 +1,13 @@
 """Scoring: a run's samples or a samples file against the real data in a classifier's feature
-space (:mod:`genflow.metrics`), and a run's negative log-likelihood through its probability-flow
-ODE (:mod:`genflow.likelihood`)."""
+space (:mod:`genflow.metrics`) or as FID/KID in the standard Inception-v3 feature space
+(:mod:`genflow.inception`), and a run's negative log-likelihood through its probability-flow ODE
+(:mod:`genflow.likelihood`)."""
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -23,6 +25,12 @@ from genflow.solvers.guidance import balanced_labels, parse_classes
 
 if TYPE_CHECKING:
     from genflow.api import LoadedRun
+    from genflow.inception import InceptionFeatures, ReferenceStats
+    from genflow.sampling import SamplingStats
+
+METRICS = ("classifier", "fid")
+CLASSIFIER_DATASETS = ("digits",)
+REFERENCE_BATCH = 200
 
 
 @functools.cache
@@ -31,7 +39,10 @@ def feature_classifier(dataset: str) -> nn.Module:
     from genflow.metrics import load_digits_classifier
 
     if dataset != "digits":
-        raise GenflowError("genflow eval ships a feature classifier for the digits only; other datasets are not supported yet")
+        raise GenflowError(
+            "genflow eval ships a feature classifier for the digits only; score other data with "
+            "--metric fid --inception-weights FILE"
+        )
     return load_digits_classifier()
 
 
@@ -45,9 +56,9 @@ def score(images: Tensor, real: Tensor, dataset: str, seed: int = 0) -> dict[str
 
 def run_dataset(loaded: LoadedRun) -> tuple[str, Dataset]:
     """The name of the data a run was trained on, and the data: its images, and its labels
-    where it has them."""
+    where it has them, at the run's resolution."""
     train = loaded.config["train"]
-    return train["dataset"], load_labelled_dataset(train["dataset"], train.get("data_dir"))
+    return train["dataset"], load_labelled_dataset(train["dataset"], train.get("data_dir"), train.get("resolution"))
 
 
 @dataclass
@@ -126,10 +137,16 @@ def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int
     return {"nll_bits_per_dim": float(bpd.mean()), "nll_n": n, "nll_levels": levels, "nll_method": method}
 
 
-def evaluate_samples_file(path: Path, dataset: str = "digits", seed: int = 0) -> dict:
-    """Score images made by any program against ``dataset``, floors included."""
+def evaluate_samples_file(
+    path: Path, dataset: str = "digits", seed: int = 0, metric: str | None = None, inception_weights: str | Path | None = None,
+    device: str = "cpu",
+) -> dict:  # fmt: skip
+    """Score images made by any program against ``dataset``: with the digits classifier, floors
+    included, or as FID/KID (``metric``; see :func:`choose_metric`; Inception runs on ``device``)."""
     from genflow.metrics import check_sample_count
 
+    if choose_metric(metric, dataset, inception_weights) == "fid":
+        return fid_of_samples_file(path, dataset, inception_weights, seed, device)
     feature_classifier(dataset)
     real = load_dataset(dataset)
     images = read_samples_file(path)
@@ -137,6 +154,94 @@ def evaluate_samples_file(path: Path, dataset: str = "digits", seed: int = 0) ->
         raise GenflowError(f"{path} holds images of shape {tuple(images.shape[1:])}, {dataset} has {tuple(real.shape[1:])}")
     check_sample_count(len(images), len(real), name=f"the number of images in {path}")
     return score(images, real, dataset, seed)
+
+
+def choose_metric(metric: str | None, dataset: str, inception_weights: str | Path | None) -> str:
+    """``metric`` when given; else ``fid`` when Inception weights are named by ``--inception-weights``,
+    or by the environment variable for data without a shipped classifier; else ``classifier``."""
+    from genflow.inception import INCEPTION_ENV
+
+    if metric is not None:
+        if metric not in METRICS:
+            raise GenflowError(f"unknown metric {metric!r}; use {' or '.join(METRICS)}")
+        return metric
+    if inception_weights is not None or (os.environ.get(INCEPTION_ENV) and dataset not in CLASSIFIER_DATASETS):
+        return "fid"
+    return "classifier"
+
+
+def reference_for_dataset(name: str, data_dir: str | Path | None, model: InceptionFeatures) -> ReferenceStats:
+    """The Inception statistics of every image of dataset ``name`` (cached per data fingerprint and
+    weights; :func:`genflow.inception.reference_statistics`): the one place FID reads real data."""
+    from genflow.inception import reference_statistics
+    from genflow.runs.files import data_fingerprint
+
+    images = load_labelled_dataset(name, data_dir).images
+
+    def batches() -> Iterator[Tensor]:
+        return (images[i : i + REFERENCE_BATCH] for i in range(0, len(images), REFERENCE_BATCH))
+
+    return reference_statistics(name, data_fingerprint(images), batches, len(images), model)
+
+
+def fid_report(
+    images: Tensor, model: InceptionFeatures, reference: ReferenceStats, seed: int, device: torch.device | str
+) -> dict:
+    """FID and KID of ``images`` (NCHW in [-1, 1]) against ``reference`` (:func:`genflow.inception.fid_scores`)."""
+    from genflow.inception import fid_scores, inception_features
+
+    return {"metric": "fid"} | fid_scores(inception_features(model, images, device=device), reference, seed)
+
+
+def check_fid_input(channels: int, count: int, source: str) -> None:
+    """Refuse, before any work, images Inception cannot score and counts FID cannot use."""
+    if channels not in (1, 3):
+        raise GenflowError(f"{source} has {channels}-channel images; FID scores 1- or 3-channel images")
+    if count < 2:
+        raise GenflowError(f"FID and KID need at least 2 samples, not {count}")
+
+
+def fid_of_samples_file(
+    path: Path, dataset: str, inception_weights: str | Path | None, seed: int = 0, device: str = "cpu"
+) -> dict:
+    """FID/KID of the images in ``path`` (any size; 1 or 3 channels) against all of ``dataset``."""
+    from genflow.inception import inception_weights_path, load_inception
+
+    model = load_inception(inception_weights_path(inception_weights))
+    images = read_samples_file(path)
+    check_fid_input(images.shape[1], len(images), str(path))
+    return fid_report(images, model, reference_for_dataset(dataset, None, model), seed, device)
+
+
+def fid_of_run(
+    loaded: LoadedRun, n: int | None, classes: str | Sequence[int] | None, seed: int, inception_weights: str | Path | None,
+    sample: Callable[..., tuple[Tensor | None, SamplingStats]],
+) -> dict | None:  # fmt: skip
+    """FID/KID of ``n`` samples (default 50,000, as papers use) made by ``sample(n, labels=...)``
+    against all the run's real data. A conditional run's samples cover all its classes evenly;
+    ``classes`` is refused, because FID against one class's few real images is not the FID papers
+    report. ``None`` on the processes of a distributed run other than the main one."""
+    from genflow.inception import PAPER_SAMPLES, inception_weights_path, load_inception
+
+    if classes is not None:
+        raise GenflowError("--metric fid scores samples of every class against all the real data; drop --class")
+    n = PAPER_SAMPLES if n is None else n
+    check_fid_input(loaded.model.config.channels, n, str(loaded.path))
+    model = load_inception(inception_weights_path(inception_weights))
+    labels = None if loaded.classes is None else balanced_labels(n, len(loaded.classes))
+    images, stats = sample(n, labels=labels)
+    if images is None:
+        return None
+    train = loaded.config["train"]
+    reference = reference_for_dataset(train["dataset"], train.get("data_dir"), model)
+    device = next(loaded.model.parameters()).device
+    return sampling_fields(stats) | fid_report(images, model, reference, seed, device)
+
+
+def sampling_fields(stats: SamplingStats) -> dict:
+    """How samples were made, as ``genflow eval`` reports it."""
+    fields = ("solver", "grid", "steps", "nfe")
+    return {field: getattr(stats, field) for field in fields} | {"seconds": round(stats.seconds, 4)}
 
 
 def training_evaluator(

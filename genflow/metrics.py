@@ -97,11 +97,16 @@ def classify(classifier: nn.Module, images: Tensor, batch_size: int = 512) -> Te
 
 
 def frechet_distance(a: Tensor, b: Tensor) -> float:
-    """``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))`` between Gaussians fitted to two
-    feature sets; the trace of the matrix square root is taken as the sum of square roots of
-    the eigenvalues of ``C_a^(1/2) C_b C_a^(1/2)``, which is symmetric and stable."""
-    mean_a, mean_b = a.mean(0), b.mean(0)
-    cov_a, cov_b = torch.cov(a.T), torch.cov(b.T)
+    """The Frechet distance between Gaussians fitted to two feature sets (rows are points);
+    see :func:`frechet_from_moments`."""
+    return frechet_from_moments(a.mean(0), torch.cov(a.T), b.mean(0), torch.cov(b.T))
+
+
+def frechet_from_moments(mean_a: Tensor, cov_a: Tensor, mean_b: Tensor, cov_b: Tensor) -> float:
+    """``|mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))`` (Heusel et al. 2017, eq. 6) from
+    two means and covariances; the trace of the matrix square root is taken as the sum of square
+    roots of the eigenvalues of ``C_a^(1/2) C_b C_a^(1/2)``, which is symmetric and stable."""
+    mean_a, cov_a, mean_b, cov_b = (torch.as_tensor(x) for x in (mean_a, cov_a, mean_b, cov_b))
     root_a = psd_sqrt(cov_a)
     cross = torch.linalg.eigvalsh(root_a @ cov_b @ root_a).clamp_min(0).sqrt().sum()
     return float((mean_a - mean_b).square().sum() + cov_a.trace() + cov_b.trace() - 2 * cross)

@@ -133,3 +133,16 @@ def test_a_failed_save_in_rank_0_stops_every_rank_with_one_line(preset, tmp_path
     assert len(errors) == 1 and errors[0].startswith("genflow: error: cannot save the checkpoint at step 20"), errors
     assert "No space left on device" in errors[0] and "the previous checkpoint step-00000010 is intact" in errors[0]
     assert latest_name(run) == "step-00000010" and not (run / "model.safetensors").exists()
+
+
+def test_two_processes_streaming_an_image_folder_train_the_one_process_in_memory_run(preset, tmp_path):
+    """Each rank decodes only its rows of the global batch (one worker each); the ranks exchange
+    the pixels, so the run follows the one-process run that holds the folder in memory."""
+    from test_streaming import write_folder
+
+    folder = write_folder(tmp_path / "images", 96)
+    args = ("train", "--config", preset, "--dataset", folder, "--random-flip", "--steps", 6)
+    ok(launch(*args, "--out", tmp_path / "memory", processes=1))
+    ok(launch(*args, "--out", tmp_path / "streamed", "-o", "data_in_memory_mb=0", "-o", "data_workers=1"))
+    assert_same_run(tmp_path / "streamed", tmp_path / "memory")
+    assert max_difference(tmp_path / "streamed", tmp_path / "memory") < WEIGHT_TOLERANCE

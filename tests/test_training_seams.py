@@ -17,7 +17,7 @@ import genflow
 from genflow import api
 from genflow.config import TrainConfig
 from genflow.errors import GenflowError
-from genflow.train import MinibatchStream, Trainer
+from genflow.train import MinibatchStream, Trainer, TrainingData
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "v0.1-rectified-flow"
 
@@ -57,7 +57,8 @@ def test_any_objective_trains_through_the_same_loop(tmp_path):
                                     "sample_steps": 2, "checkpoint_every": 0, "device": "cpu", "model": TINY_MODEL})  # fmt: skip
     setup = api.prepare(config)
     setup.objective = objective = ToTargets()
-    setup.data = {"images": setup.data["images"], "targets": -setup.data["images"]}
+    images = setup.data.tensors["images"]
+    setup.data = TrainingData({"images": images, "targets": -images})
     (tmp_path / "samples").mkdir()
     Trainer(setup, tmp_path).run()
     assert len(objective.losses) == 20 and sum(objective.losses[-5:]) < 0.5 * sum(objective.losses[:5])

@@ -52,10 +52,11 @@ class RunFiles:
         return config_from_record(self.config, source=str(self.path / CONFIG))
 
 
-def data_record(images: Tensor, labels: Tensor | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
-    """How many training images there are and their :func:`data_fingerprint`; for a
+def data_record(count: int, fingerprint: str, labels: Tensor | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
+    """How many training images there are and their fingerprint (:func:`data_fingerprint` of
+    images in memory, :meth:`genflow.folders.ImageFiles.fingerprint` of streamed files); for a
     conditional run also the labels' fingerprint and the class names (index = label)."""
-    record: dict[str, Any] = {"images": len(images), "sha256": data_fingerprint(images)}
+    record: dict[str, Any] = {"images": count, "sha256": fingerprint}
     if labels is not None:
         record |= {"labels_sha256": data_fingerprint(labels), "classes": list(classes or [])}
     return record

@@ -1,10 +1,11 @@
 """Training: the :class:`Trainer` loop, its state (what a checkpoint holds), the objective
 that gives a step its loss, and the runtime that answers rank-dependent questions."""
 
+from genflow.train.batches import Batch, MinibatchStream, TrainingData
 from genflow.train.loop import GRID_SAMPLES, StopSignals, Trainer, TrainingSetup, update_ema
 from genflow.train.objective import DenoisingObjective, Objective
 from genflow.train.runtime import Runtime, SingleProcess, pick_device, runtime_for
-from genflow.train.state import Batch, MinibatchStream, TrainingState, warmup_cosine
+from genflow.train.state import TrainingState, warmup_cosine
 
 __all__ = [
     "GRID_SAMPLES",
@@ -16,6 +17,7 @@ __all__ = [
     "SingleProcess",
     "StopSignals",
     "Trainer",
+    "TrainingData",
     "TrainingSetup",
     "TrainingState",
     "pick_device",

@@ -124,3 +124,8 @@ class Distributed:
         parts = [torch.empty_like(padded) for _ in counts] if self.is_main else None
         dist.gather(padded, parts, dst=MAIN)
         return torch.cat([part[:count] for part, count in zip(parts, counts, strict=True)]) if self.is_main else None
+
+    def all_rows(self, rows: Tensor) -> Tensor:
+        parts = [torch.empty_like(rows) for _ in range(self.world_size)]
+        dist.all_gather(parts, rows.contiguous())
+        return torch.cat(parts)

@@ -38,6 +38,7 @@ from genflow.runs.checkpoint import CHECKPOINTS, Checkpoint, describe_latest, la
 from genflow.runs.files import EMA_WEIGHTS, METRICS, RAW_WEIGHTS, SAMPLES, MetricsLog
 from genflow.solvers.guidance import class_rows
 from genflow.storage import load_matching, save_weights
+from genflow.train.batches import TrainingData
 from genflow.train.objective import Objective
 from genflow.train.runtime import Runtime
 from genflow.train.state import TrainingState, batch_rows
@@ -59,7 +60,8 @@ class TrainingSetup:
     config: TrainConfig
     process: GaussianProcess
     objective: Objective
-    data: Mapping[str, Tensor]
+    data: TrainingData
+    """In memory, or streamed from image files; a plain mapping of tensors is taken as in memory."""
     runtime: Runtime
     evaluate: Callable[[nn.Module], dict] | None = None
     classes: tuple[str, ...] | None = None
@@ -67,6 +69,10 @@ class TrainingSetup:
     initial_weights: Callable[[], Mapping[str, Tensor]] | None = None
     """What reads the backbone weights a fresh run starts from (``init_from``); ``None``: torch's
     initialisation."""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.data, TrainingData):
+            self.data = TrainingData(dict(self.data))
 
     @property
     def unet_config(self) -> UNetConfig:
@@ -133,8 +139,9 @@ class Trainer:
             model.unet.enable_gradient_checkpointing()  # diffusers' activation recomputation (Chen et al. 2016)
         if self.config.compile:
             model.unet.compile(dynamic=False, backend=os.environ.get("GENFLOW_COMPILE_BACKEND", "inductor"))  # in place: same state dict keys
-        data = {key: values.to(self.runtime.device) for key, values in self.setup.data.items()}
-        return TrainingState.fresh(self.config, model, ema, data)
+        config = self.config
+        batches = self.setup.data.batches(config.batch_size, config.seed, config.random_flip, config.data_workers, self.runtime)
+        return TrainingState.fresh(config, model, ema, batches)
 
     def resume_from(self, checkpoint: Checkpoint | None) -> None:
         """Continue from ``checkpoint``; ``None`` (a run killed before its first one) starts over."""
@@ -150,6 +157,8 @@ class Trainer:
         lines (and the evaluation's scores every ``eval_every`` steps) to metrics.jsonl, saves a
         checkpoint every ``checkpoint_every`` steps and at the end, then the final weights."""
         self.reporter.note(self.describe())
+        for note in self.setup.data.notes:
+            self.reporter.note(note)
         self.reporter.start(self.config.steps, self.state.step)
         try:
             self.run_steps()
@@ -159,10 +168,12 @@ class Trainer:
 
     def describe(self) -> str:
         """One line saying what this session trains, with the resolved values users tune."""
-        config, images, classes = self.config, self.setup.data["images"], self.setup.classes
+        config, data, classes = self.config, self.setup.data, self.setup.classes
         labels = f", conditional on {len(classes)} classes with label dropout {config.label_dropout:g}" if classes else ""
+        streamed = f" streamed by {self.state.batches.workers} workers" if data.files is not None else ""
+        flipped = ", random flips" if config.random_flip else ""
         return (
-            f"{self.run_dir}: {config.process} on {config.dataset} ({len(images)} images of {tuple(images.shape[1:])}{labels}), "
+            f"{self.run_dir}: {config.process} on {config.dataset} ({data.count} images of {data.image_shape}{streamed}{flipped}{labels}), "
             f"steps {self.state.step + 1}..{config.steps} of batch {config.batch_size} on {self.describe_hardware()}, "
             f"lr {config.lr:g} after {config.warmup_steps} warm-up steps, ema {config.ema_decay:g}"
         )
@@ -301,7 +312,7 @@ class Trainer:
         last = f"; the last took {self.grid_seconds:.0f} s" if self.grid_seconds else ""
         how = solver.describe_steps(sample_steps, process.default_grid)
         self.reporter.note(f"step {step}: sampling a grid of {count} ({solver.name}, {how}{last})")
-        stats, shape = genflow.SamplingStats(), (count, *self.setup.data["images"].shape[1:])
+        stats, shape = genflow.SamplingStats(), (count, *self.setup.data.image_shape)
         steps, device = solver.fixed_steps(sample_steps), self.runtime.device
         images = genflow.sample(self.state.ema, process, shape=shape, solver=name, steps=steps, device=device, stats=stats,
                                 **conditioning)  # fmt: skip

@@ -76,6 +76,10 @@ class Runtime(Protocol):
         """The processes' ``rows`` concatenated in rank order, in the main process (``None`` elsewhere)."""
         ...
 
+    def all_rows(self, rows: Tensor) -> Tensor:
+        """The processes' ``rows`` (the same count in each) concatenated in rank order, in every process."""
+        ...
+
 
 class SingleProcess:
     """One process on one device: it writes, its batch is the global batch, its word is final."""
@@ -109,6 +113,9 @@ class SingleProcess:
         return decision()
 
     def gather_rows(self, rows: Tensor) -> Tensor | None:
+        return rows
+
+    def all_rows(self, rows: Tensor) -> Tensor:
         return rows
 
 

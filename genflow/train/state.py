@@ -21,9 +21,7 @@ from genflow.config import TrainConfig
 from genflow.errors import GenflowError
 from genflow.runs.checkpoint import Checkpoint
 from genflow.storage import all_finite, cpu_state_dict, load_matching
-
-Batch = dict[str, Tensor]
-"""A training batch: ``images`` (B, C, H, W) in [-1, 1]; later also ``labels`` (B,) or paired ``noise``."""
+from genflow.train.batches import Batch, MinibatchStream, StreamedBatches
 
 
 def batch_rows(batch: Mapping[str, Tensor], start: int, stop: int) -> Batch:
@@ -43,45 +41,6 @@ def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
-def check_batch_size(batch_size: int, images: int) -> None:
-    if batch_size > images:
-        raise GenflowError(f"batch_size {batch_size} is larger than the dataset ({images} images); lower --batch-size")
-
-
-class MinibatchStream:
-    """Shuffled minibatches of an in-memory dataset, reshuffled every epoch from one generator.
-
-    The dataset is a mapping of tensors that share their first dimension (``images``, and
-    whatever else a sample carries); every batch is the same mapping, indexed alike."""
-
-    def __init__(self, data: Mapping[str, Tensor], batch_size: int, seed: int) -> None:
-        self.size = len(data["images"])
-        check_batch_size(batch_size, self.size)
-        self.data, self.batch_size = dict(data), batch_size
-        self.generator = torch.Generator().manual_seed(seed)
-        self.order, self.position = self._shuffle(), 0
-
-    def _shuffle(self) -> Tensor:
-        return torch.randperm(self.size, generator=self.generator)
-
-    def next(self) -> Batch:
-        if self.position + self.batch_size > len(self.order):
-            self.order, self.position = self._shuffle(), 0
-        index = self.order[self.position : self.position + self.batch_size]
-        self.position += self.batch_size
-        return {key: values[index.to(values.device)] for key, values in self.data.items()}
-
-    def restore(self, order: Tensor, position: int, generator_state: Tensor) -> None:
-        if len(order) != self.size:
-            raise GenflowError(
-                f"the checkpoint's data order covers {len(order)} images, the dataset has {self.size}; resume with the same data"
-            )
-        if not torch.equal(order.sort().values, torch.arange(len(order))) or not 0 <= position <= len(order):
-            raise GenflowError("the checkpoint's data order is not a permutation of the dataset, or its position lies outside it")
-        self.order, self.position = order.clone(), position
-        self.generator.set_state(generator_state)
-
-
 @dataclass
 class TrainingState:
     """The model being trained and everything else that decides its next step."""
@@ -90,20 +49,20 @@ class TrainingState:
     ema: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
-    batches: MinibatchStream
+    batches: MinibatchStream | StreamedBatches
     noise: torch.Generator
     step: int = 0
     seconds: float = 0.0
     nonfinite_streak: int = 0
 
     @classmethod
-    def fresh(cls, config: TrainConfig, model: nn.Module, ema: nn.Module, data: Mapping[str, Tensor]) -> TrainingState:
-        """AdamW with warm-up and cosine decay, data order from ``seed``, noise from ``seed + 1``."""
+    def fresh(cls, config: TrainConfig, model: nn.Module, ema: nn.Module, batches: MinibatchStream | StreamedBatches) -> TrainingState:
+        """AdamW with warm-up and cosine decay, ``batches`` (data order from ``seed``), noise from ``seed + 1``."""
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
         device = next(model.parameters()).device
         noise = torch.Generator(device=device).manual_seed(config.seed + 1)
-        return cls(model, ema, optimizer, schedule, MinibatchStream(data, config.batch_size, config.seed), noise)
+        return cls(model, ema, optimizer, schedule, batches, noise)
 
     @property
     def device(self) -> torch.device:
@@ -125,11 +84,10 @@ class TrainingState:
         streams = {
             "torch_cpu": torch.get_rng_state(),
             "noise": self.noise.get_state(),
-            "data": self.batches.generator.get_state(),
         }
         if self.device.type == "cuda":
             streams |= {f"torch_cuda_{i}": state for i, state in enumerate(torch.cuda.get_rng_state_all())}
-        return streams | {"data_order": self.batches.order}
+        return streams | self.batches.order.tensors()
 
     def json_state(self) -> dict[str, Any]:
         """What goes to the manifest."""
@@ -138,7 +96,7 @@ class TrainingState:
             "seconds": self.seconds,
             "nonfinite_streak": self.nonfinite_streak,
             "device": self.device.type,
-            "data_position": self.batches.position,
+            "data_position": self.batches.order.position,
             "schedule": self.schedule.state_dict(),
             "optimizer": optimizer_json(self.optimizer),
         }
@@ -162,7 +120,7 @@ class TrainingState:
         self.optimizer.load_state_dict(optimizer_state_dict(checkpoint.tensors("optimizer"), state["optimizer"]))
         self.schedule.load_state_dict(state["schedule"])
         random = checkpoint.tensors("random")
-        self.batches.restore(random["data_order"], state["data_position"], random["data"])
+        self.batches.restore(random, state["data_position"])
         torch.set_rng_state(random["torch_cpu"])
         if state["device"] == self.device.type:
             self.noise.set_state(random["noise"])
