@@ -80,7 +80,9 @@ def evaluate(
     ] = False,
     straightness_steps: Annotated[int, typer.Option(help="Euler steps along each path for --straightness.")] = 100,
     samples: Annotated[Path | None, typer.Option(help="Score this .npz (uint8 NHWC, arr_0) instead of sampling a run.")] = None,
-    dataset: Annotated[str, typer.Option(help="Real data for --samples.")] = "digits",
+    dataset: Annotated[str, typer.Option(help="Real data for --samples: a dataset name or an image folder.")] = "digits",
+    data_dir: Annotated[str | None, typer.Option(help="Where --dataset's files are (mnist, fashion-mnist, cifar10).")] = None,
+    resolution: Annotated[int | None, typer.Option(help="Resize and center-crop --dataset's images to this square.")] = None,
     metric: MetricOption = None,
     inception_weights: InceptionWeightsOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object on stdout.")] = False,
@@ -98,12 +100,15 @@ def evaluate(
     conditioning = {"classes": class_spec, "guidance": guidance, "guidance_interval": interval(guidance_interval)}
     if samples is not None and (class_spec is not None or guidance != 1 or guidance_interval is not None):
         raise GenflowError("--class, --guidance and --guidance-interval sample a conditional run; --samples scores a file")
+    if samples is None and (data_dir is not None or resolution is not None or dataset != "digits"):
+        raise GenflowError("--dataset, --data-dir and --resolution name the real data for --samples; a run scores against its own")
     if samples is not None and straightness:
         raise GenflowError("--straightness follows a run's ODE; --samples scores a file of finished samples")
     if samples is not None:
         if not reports_errors():
             return  # a samples file is scored once, by the main process of a distributed launch
-        result = {"samples": str(samples), **api.evaluate_samples_file(samples, dataset, seed, metric, inception_weights, device)}
+        scored = api.evaluate_samples_file(samples, dataset, seed, metric, inception_weights, device, data_dir, resolution)
+        result = {"samples": str(samples), **scored}
         title = f"{samples} ({result['n']} samples, {dataset})"
     else:
         from genflow.train.runtime import runtime_for
@@ -235,6 +240,8 @@ def sweep(
     device: DeviceOption = "auto",
     out: Annotated[Path, typer.Option(help="Directory for sweep.csv, sweep.jsonl and sweep.png.")] = Path("sweep"),
     overwrite: Annotated[bool, typer.Option(help="Replace existing sweep files in --out.")] = False,
+    metric: MetricOption = None,
+    inception_weights: InceptionWeightsOption = None,
 ) -> None:
     """Sample every run x solver x guidance x steps with the same seeds; write a table and a plot
     of Frechet distance against NFE with the real-data floor, and for conditional runs class
@@ -246,5 +253,5 @@ def sweep(
     if launched_distributed():
         raise GenflowError("genflow sweep runs as one process; launch it without torchrun (eval and sample split across processes)")
     rows = run_sweep(runs, parse_list(solvers, str), parse_list(steps, int), grid, n, seed, device, out, overwrite,
-                     progress=sys.stderr, guidances=parse_list(guidance, float))  # fmt: skip
+                     progress=sys.stderr, guidances=parse_list(guidance, float), metric=metric, inception_weights=inception_weights)  # fmt: skip
     print(f"{len(rows)} points -> {out / 'sweep.csv'}, {out / 'sweep.jsonl'}, {out / 'sweep.png'}")

@@ -57,7 +57,6 @@ def sample(
     apply to the solvers named in their help. A conditional run samples the classes given with
     --class (one grid row per class, the same seeds in every row), guided with --guidance."""
     from genflow.solvers.guidance import FULL_INTERVAL, parse_interval
-
     from genflow.train.runtime import runtime_for
 
     api.check_scale(scale)

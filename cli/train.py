@@ -61,7 +61,7 @@ def train(
     ] = None,
     sample_every: Annotated[int | None, typer.Option(help="Write a sample grid every N steps (0: only at the end).")] = None,
     eval_every: Annotated[
-        int | None, typer.Option(help="Log the Frechet distance to metrics.jsonl every N steps (digits).")
+        int | None, typer.Option(help="Log the Frechet distance (digits classifier) or, with -o inception_weights=FILE, FID to metrics.jsonl every N steps.")
     ] = None,
     log_every: Annotated[int | None, typer.Option(help="Log the loss to metrics.jsonl every N steps.")] = None,
     warmup_steps: Annotated[int | None, typer.Option(help="Linear learning-rate warm-up (at most a tenth of --steps).")] = None,

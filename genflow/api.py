@@ -122,7 +122,8 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None, resuming: bool 
     data, classes = training_data(config)
     check_batch_size(config.batch_size, data.count)
     unet = backbone_config(config, data.image_shape, len(classes or ()))
-    evaluate = training_evaluator(config, process, real_images(config, data), runtime.device, unet.num_classes) if config.eval_every else None
+    real = functools.partial(real_images, config, data)
+    evaluate = training_evaluator(config, process, real, data.image_shape, runtime.device, unet.num_classes) if config.eval_every else None
     resolved = config.with_resolved(process.options(), unet.to_dict())
     objective = make_objective(config.objective, process, config.steps_out, config.label_dropout, unet.null_label)
     initial = None

@@ -74,6 +74,8 @@ class TrainConfig:
     sample_steps: int = 20
     eval_every: int = 0
     eval_n: int = 512
+    inception_weights: str | None = None
+    """The Inception-v3 FID weights file ``--eval-every`` scores with (FID and KID); without it the digits classifier."""
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     final_grid: bool = True

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 import genflow
 from genflow.config import TrainConfig
-from genflow.data import Dataset, load_dataset, load_labelled_dataset
+from genflow.data import DATASETS, Dataset, as_unit_range, load_dataset, load_labelled_dataset, load_pixels
 from genflow.errors import GenflowError
 from genflow.image_files import read_samples_file
 from genflow.processes import GaussianProcess
@@ -25,6 +25,7 @@ from genflow.solvers.guidance import balanced_labels, parse_classes
 
 if TYPE_CHECKING:
     from genflow.api import LoadedRun
+    from genflow.folders import ImageFiles
     from genflow.inception import InceptionFeatures, ReferenceStats
     from genflow.sampling import SamplingStats
 
@@ -139,14 +140,15 @@ def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int
 
 def evaluate_samples_file(
     path: Path, dataset: str = "digits", seed: int = 0, metric: str | None = None, inception_weights: str | Path | None = None,
-    device: str = "cpu",
+    device: str = "cpu", data_dir: str | Path | None = None, resolution: int | None = None,
 ) -> dict:  # fmt: skip
-    """Score images made by any program against ``dataset``: with the digits classifier, floors
-    included, or as FID/KID (``metric``; see :func:`choose_metric`; Inception runs on ``device``)."""
+    """Score images made by any program against ``dataset`` (its files under ``data_dir``, at
+    ``resolution``): with the digits classifier, floors included, or as FID/KID (``metric``; see
+    :func:`choose_metric`; Inception runs on ``device``)."""
     from genflow.metrics import check_sample_count
 
     if choose_metric(metric, dataset, inception_weights) == "fid":
-        return fid_of_samples_file(path, dataset, inception_weights, seed, device)
+        return fid_of_samples_file(path, dataset, inception_weights, seed, device, data_dir, resolution)
     feature_classifier(dataset)
     real = load_dataset(dataset)
     images = read_samples_file(path)
@@ -170,18 +172,40 @@ def choose_metric(metric: str | None, dataset: str, inception_weights: str | Pat
     return "classifier"
 
 
-def reference_for_dataset(name: str, data_dir: str | Path | None, model: InceptionFeatures) -> ReferenceStats:
-    """The Inception statistics of every image of dataset ``name`` (cached per data fingerprint and
-    weights; :func:`genflow.inception.reference_statistics`): the one place FID reads real data."""
+def reference_for_dataset(
+    name: str, data_dir: str | Path | None, model: InceptionFeatures, resolution: int | None = None, bad_images: str = "error"
+) -> ReferenceStats:
+    """The Inception statistics of every image of dataset ``name`` at ``resolution`` (cached per
+    data fingerprint and weights; :func:`genflow.inception.reference_statistics`): the one place
+    FID reads real data. An image folder streams from its files in worker processes, whatever
+    its size; other datasets are read into memory as uint8."""
     from genflow.inception import reference_statistics
+
+    if name not in DATASETS and Path(name).is_dir():
+        from genflow.folders import scan_folder
+
+        files = scan_folder(Path(name), resolution, bad_images)
+        return reference_statistics(name, files.fingerprint(), functools.partial(folder_batches, files), len(files), model)
     from genflow.runs.files import data_fingerprint
 
-    images = load_labelled_dataset(name, data_dir).images
+    images = load_pixels(name, data_dir, resolution).images
 
     def batches() -> Iterator[Tensor]:
         return (images[i : i + REFERENCE_BATCH] for i in range(0, len(images), REFERENCE_BATCH))
 
-    return reference_statistics(name, data_fingerprint(images), batches, len(images), model)
+    return reference_statistics(name, data_fingerprint(as_unit_range(images)), batches, len(images), model)
+
+
+def folder_batches(files: ImageFiles) -> Iterator[Tensor]:
+    """Every image of ``files`` in order, uint8, in batches decoded by worker processes."""
+    from genflow.folders import default_workers, image_loader
+
+    starts = range(0, len(files), REFERENCE_BATCH)
+    index_lists = iter([list(range(start, min(start + REFERENCE_BATCH, len(files)))) for start in starts])
+    for _, images, problems in image_loader(files, index_lists, default_workers()):
+        if problems:
+            raise GenflowError(problems[0])
+        yield images
 
 
 def fid_report(
@@ -202,40 +226,66 @@ def check_fid_input(channels: int, count: int, source: str) -> None:
 
 
 def fid_of_samples_file(
-    path: Path, dataset: str, inception_weights: str | Path | None, seed: int = 0, device: str = "cpu"
-) -> dict:
-    """FID/KID of the images in ``path`` (any size; 1 or 3 channels) against all of ``dataset``."""
+    path: Path, dataset: str, inception_weights: str | Path | None, seed: int = 0, device: str = "cpu",
+    data_dir: str | Path | None = None, resolution: int | None = None,
+) -> dict:  # fmt: skip
+    """FID/KID of the images in ``path`` (any size; 1 or 3 channels) against all of ``dataset``
+    (its files under ``data_dir``, at ``resolution``); Inception runs on ``device`` (``auto``:
+    CUDA, then MPS, then the CPU)."""
     from genflow.inception import inception_weights_path, load_inception
+    from genflow.train.runtime import pick_device
 
     model = load_inception(inception_weights_path(inception_weights))
     images = read_samples_file(path)
     check_fid_input(images.shape[1], len(images), str(path))
-    return fid_report(images, model, reference_for_dataset(dataset, None, model), seed, device)
+    reference = reference_for_dataset(dataset, data_dir, model, resolution)
+    return fid_report(images, model, reference, seed, pick_device(device))
+
+
+FID_CHUNK = 2000
+"""Samples made, scored by Inception and dropped at a time, so 50,000 large samples never sit in memory at once."""
 
 
 def fid_of_run(
     loaded: LoadedRun, n: int | None, classes: str | Sequence[int] | None, seed: int, inception_weights: str | Path | None,
     sample: Callable[..., tuple[Tensor | None, SamplingStats]],
 ) -> dict | None:  # fmt: skip
-    """FID/KID of ``n`` samples (default 50,000, as papers use) made by ``sample(n, labels=...)``
-    against all the run's real data. A conditional run's samples cover all its classes evenly;
-    ``classes`` is refused, because FID against one class's few real images is not the FID papers
-    report. ``None`` on the processes of a distributed run other than the main one."""
-    from genflow.inception import PAPER_SAMPLES, inception_weights_path, load_inception
+    """FID/KID of ``n`` samples (default 50,000, as papers use) made by ``sample(count, seed=seeds,
+    labels=labels)`` against all the run's real data, made and scored :data:`FID_CHUNK` at a time
+    (per-sample seeds: the samples do not depend on the chunking). A conditional run's samples
+    cover all its classes evenly; ``classes`` is refused, because FID against one class's few
+    real images is not the FID papers report. ``None`` on the processes of a distributed run
+    other than the main one (every process samples its share of each chunk)."""
+    from genflow.inception import PAPER_SAMPLES, fid_scores, inception_features, inception_weights_path, load_inception
 
     if classes is not None:
         raise GenflowError("--metric fid scores samples of every class against all the real data; drop --class")
     n = PAPER_SAMPLES if n is None else n
     check_fid_input(loaded.model.config.channels, n, str(loaded.path))
     model = load_inception(inception_weights_path(inception_weights))
-    labels = None if loaded.classes is None else balanced_labels(n, len(loaded.classes))
-    images, stats = sample(n, labels=labels)
-    if images is None:
-        return None
     train = loaded.config["train"]
-    reference = reference_for_dataset(train["dataset"], train.get("data_dir"), model)
-    device = next(loaded.model.parameters()).device
-    return sampling_fields(stats) | fid_report(images, model, reference, seed, device)
+    reference = reference_for_dataset(train["dataset"], train.get("data_dir"), model, train.get("resolution"), train.get("bad_images", "error"))
+    labels = None if loaded.classes is None else balanced_labels(n, len(loaded.classes))
+    device, features, costs = next(loaded.model.parameters()).device, [], []
+    for start in range(0, n, FID_CHUNK):
+        chunk = slice(start, min(start + FID_CHUNK, n))
+        images, stats = sample(chunk.stop - start, seed=list(range(seed + start, seed + chunk.stop)),
+                               labels=None if labels is None else labels[chunk])  # fmt: skip
+        costs.append((stats, chunk.stop - start))
+        if images is not None:
+            features.append(inception_features(model, images, device=device).float())
+    if not features:
+        return None
+    return sampling_fields(combined(costs)) | {"metric": "fid"} | fid_scores(torch.cat(features), reference, seed)
+
+
+def combined(costs: Sequence[tuple[SamplingStats, int]]) -> SamplingStats:
+    """The stats of samples made in parts ``(stats, count)``: the seconds summed, the NFE per sample averaged."""
+    from genflow.sampling import SamplingStats
+
+    first, count = costs[0][0], sum(part for _, part in costs)
+    nfe = sum(stats.nfe * part for stats, part in costs) / count
+    return SamplingStats(first.solver, first.grid, first.steps, nfe, sum(stats.seconds for stats, _ in costs))
 
 
 def sampling_fields(stats: SamplingStats) -> dict:
@@ -245,23 +295,50 @@ def sampling_fields(stats: SamplingStats) -> dict:
 
 
 def training_evaluator(
-    config: TrainConfig, process: GaussianProcess, images: Tensor, device: torch.device, num_classes: int = 0
-) -> Callable[[nn.Module], dict]:
-    """Frechet distance (and its floor) of ``eval_n`` EMA samples with the run's own sampler
-    (:meth:`TrainConfig.own_sampler`), for ``--eval-every``; a conditional run's samples cover its
-    ``num_classes`` classes evenly (guidance 1)."""
+    config: TrainConfig, process: GaussianProcess, real: Callable[[], Tensor], image_shape: Sequence[int], device: torch.device,
+    num_classes: int = 0,
+) -> Callable[[nn.Module], dict]:  # fmt: skip
+    """The scores of ``eval_n`` EMA samples with the run's own sampler (:meth:`TrainConfig.own_sampler`),
+    for ``--eval-every``: FID and KID in Inception-v3 features when the run names Inception weights
+    (``inception_weights``, or the environment variable for data without a classifier), else the
+    Frechet distance (and its floor) in the digits classifier's features against ``real()``. A
+    conditional run's samples cover its ``num_classes`` classes evenly (guidance 1). Missing
+    weights or a dataset without a classifier are refused here, before training."""
     from genflow.metrics import check_sample_count
 
-    feature_classifier(config.dataset)
-    check_sample_count(config.eval_n, len(images), name="eval_n")
-
-    def scores(ema: nn.Module) -> dict:
-        shape = (config.eval_n, *images.shape[1:])
+    def samples(ema: nn.Module) -> Tensor:
         solver, sample_steps = config.own_sampler(process.default_solver)
         steps = genflow.SOLVERS.get(solver).fixed_steps(sample_steps)
         labels = balanced_labels(config.eval_n, num_classes)
-        samples = genflow.sample(ema, process, shape=shape, solver=solver, steps=steps, seed=0, device=device, labels=labels)
-        report = score(samples, images, config.dataset)
+        shape = (config.eval_n, *image_shape)
+        return genflow.sample(ema, process, shape=shape, solver=solver, steps=steps, seed=0, device=device, labels=labels)
+
+    if choose_metric(None, config.dataset, config.inception_weights) == "fid":
+        return inception_evaluator(config, image_shape, device, samples)
+    feature_classifier(config.dataset)
+    images = real()
+    check_sample_count(config.eval_n, len(images), name="eval_n")
+
+    def scores(ema: nn.Module) -> dict:
+        report = score(samples(ema), images, config.dataset)
         return {"fd": report["fd"], "fd_floor": report["fd_floor"], "kid": report["kid"]}
+
+    return scores
+
+
+def inception_evaluator(
+    config: TrainConfig, image_shape: Sequence[int], device: torch.device, samples: Callable[[nn.Module], Tensor]
+) -> Callable[[nn.Module], dict]:
+    """FID and KID of ``samples(ema)`` against the run's data, for ``--eval-every``; the weights are
+    checked now, the reference statistics computed (or read from the cache) at the first evaluation."""
+    from genflow.inception import fid_scores, inception_features, inception_weights_path, load_inception
+
+    model = load_inception(inception_weights_path(config.inception_weights))
+    check_fid_input(image_shape[0], config.eval_n, "eval_n")
+    reference = functools.cache(lambda: reference_for_dataset(config.dataset, config.data_dir, model, config.resolution, config.bad_images))
+
+    def scores(ema: nn.Module) -> dict:
+        result = fid_scores(inception_features(model, samples(ema), device=device), reference(), seed=0)
+        return {"fid": result["fid"], "kid": result["kid"]}
 
     return scores

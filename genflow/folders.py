@@ -68,7 +68,7 @@ class ImageFiles(torch.utils.data.Dataset):
             raise GenflowError(f"image {file} is {width}x{height}, the others {self.shape[2]}x{self.shape[1]}; set a resolution or remove it")
         if pixels.shape[2] != self.shape[0]:
             pixels = np.repeat(pixels, self.shape[0], axis=2)
-        return torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
+        return torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # a writable copy of PIL's read-only buffer
 
     def fingerprint(self) -> str:
         """sha256 of every file's path (relative to the folder), size and modification time and of

@@ -19,7 +19,8 @@ if TYPE_CHECKING:
 
 T = TypeVar("T")
 COLUMNS = ("run", "process", "solver", "grid", "steps", "nfe", "seconds", "fd", "fd_floor", "kid", "kid_floor", "precision", "recall",
-           "guidance", "class_agreement")  # fmt: skip
+           "fid", "guidance", "class_agreement")  # fmt: skip
+"""``fd`` ... ``recall`` in the digits classifier's features; ``fid`` (and ``kid``) in Inception-v3 features."""
 
 
 def parse_list(text: str, kind: Callable[[str], T]) -> list[T]:
@@ -34,10 +35,12 @@ def parse_list(text: str, kind: Callable[[str], T]) -> list[T]:
 
 
 def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str | None, n: int | None, seed: int, device: str,
-              out: Path, overwrite: bool, progress: TextIO | None = None, guidances: Sequence[float] = (1.0,)) -> list[dict]:  # fmt: skip
-    """Evaluate every combination (``n`` None: the most the data allows, per run); solvers a
-    process cannot use, and guidance other than 1 for an unconditional run, are reported and
-    skipped."""
+              out: Path, overwrite: bool, progress: TextIO | None = None, guidances: Sequence[float] = (1.0,),
+              metric: str | None = None, inception_weights: str | Path | None = None) -> list[dict]:  # fmt: skip
+    """Evaluate every combination (``n`` None: the most the data allows, per run) with ``metric``
+    (:func:`genflow.evaluation.choose_metric`: the digits classifier, or FID with Inception
+    weights); solvers a process cannot use, and guidance other than 1 for an unconditional run,
+    are reported and skipped."""
     targets = [out / name for name in ("sweep.csv", "sweep.jsonl", "sweep.png")]
     if any(t.exists() for t in targets) and not overwrite:
         raise GenflowError(f"{out} already holds a sweep; choose another --out or pass --overwrite")
@@ -48,7 +51,8 @@ def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str |
     for loaded in loaded_runs:
         usable = usable_guidances(loaded, guidances, progress)
         for solver in solvers:
-            rows += sweep_solver(loaded, solver, usable, steps, grid, n, seed, progress)
+            scoring = {"metric": metric, "inception_weights": inception_weights}
+            rows += sweep_solver(loaded, solver, usable, steps, grid, n, seed, progress, scoring)
     write_table(rows, out)
     plot(rows, out / "sweep.png")
     return rows
@@ -66,7 +70,7 @@ def usable_guidances(loaded: api.LoadedRun, guidances: Sequence[float], progress
 
 
 def sweep_solver(loaded: api.LoadedRun, solver: str, guidances: Sequence[float], steps: list[int], grid: str | None,
-                 n: int | None, seed: int, progress: TextIO | None) -> list[dict]:  # fmt: skip
+                 n: int | None, seed: int, progress: TextIO | None, scoring: dict | None = None) -> list[dict]:  # fmt: skip
     """The rows of one run and solver at every guidance and step count; none, with a note, when
     the run's process cannot use the solver. An adaptive solver runs once, at its own steps."""
     counts = dict.fromkeys(genflow.SOLVERS.get(solver).fixed_steps(k) for k in steps)
@@ -74,7 +78,7 @@ def sweep_solver(loaded: api.LoadedRun, solver: str, guidances: Sequence[float],
     for guidance in guidances:
         for count in counts:
             try:
-                result = api.evaluate_run(loaded, n, solver, count, grid, seed, guidance=guidance)
+                result = api.evaluate_run(loaded, n, solver, count, grid, seed, guidance=guidance, **(scoring or {}))
             except IncompatibleError as error:
                 note(progress, f"skipped {loaded.path} / {solver}: {error}")
                 return []
@@ -88,8 +92,8 @@ def describe_point(row: dict, steps: int | None) -> str:
     """One progress line: the point (``steps`` None: an adaptive solver) and its scores."""
     guided = "" if row["class_agreement"] is None else f" guidance={row['guidance']:g}"
     agreement = "" if row["class_agreement"] is None else f" agreement={row['class_agreement']:.3f}"
-    return (f"{row['run']} {row['solver']}{guided} steps={steps or 'adaptive'} NFE={row['nfe']:g} "
-            f"FD={row['fd']:.3f} (floor {row['fd_floor']:.3f}){agreement}")  # fmt: skip
+    score = f"FID={row['fid']:.3f}" if row["fid"] is not None else f"FD={row['fd']:.3f} (floor {row['fd_floor']:.3f})"
+    return f"{row['run']} {row['solver']}{guided} steps={steps or 'adaptive'} NFE={row['nfe']:g} {score}{agreement}"
 
 
 def note(stream: TextIO | None, message: str) -> None:
@@ -117,10 +121,12 @@ def plot(rows: list[dict], path: Path) -> None:
     conditional = [r for r in rows if r["class_agreement"] is not None]
     figure, panels = plt.subplots(1, 2 if conditional else 1, figsize=(12 if conditional else 7, 4.5), squeeze=False)
     fd_axes = panels[0][0]
-    draw_lines(fd_axes, rows, "fd")
-    if rows:
+    inception = bool(rows) and rows[0]["fid"] is not None
+    draw_lines(fd_axes, rows, "fid" if inception else "fd")
+    if rows and not inception:
         fd_axes.axhline(rows[0]["fd_floor"], color="grey", linestyle="--", label="floor (training images resampled)")
-    fd_axes.set(xscale="log", yscale="log", xlabel="NFE", ylabel="Frechet distance (classifier features)")
+    label = "FID (Inception-v3 features)" if inception else "Frechet distance (classifier features)"
+    fd_axes.set(xscale="log", yscale="log", xlabel="NFE", ylabel=label)
     fd_axes.legend(fontsize=7)
     if conditional:
         draw_lines(panels[0][1], conditional, "class_agreement")

@@ -289,3 +289,23 @@ def test_binary_layout_is_preferred_when_both_exist(tmp_path: Path) -> None:
     assert not torch.equal(binary_images, python_images)
     data = read_cifar10(tmp_path)
     assert torch.equal(data.images, binary_images) and torch.equal(data.labels, binary_labels)
+
+
+# --- through the command line ------------------------------------------------------------------
+
+
+def test_genflow_trains_conditionally_on_cifar10_from_its_binary_batches(tmp_path: Path, fake: Fake) -> None:
+    from conftest import TINY_MODEL, invoke
+
+    from genflow import api
+
+    write_binary(tmp_path / "data", fake)
+    model = [f"model.{key}={value}".replace("'", "").replace("False", "false") for key, value in TINY_MODEL.items()]
+    options = [arg for assignment in model for arg in ("-o", assignment)]
+    result = invoke("train", "--dataset", "cifar10", "--data-dir", tmp_path / "data", "--conditional", "--resolution", 16,
+                    "--steps", 2, "--batch-size", 8, "-o", "sample_every=0", "--no-final-grid", "--device", "cpu", *options,
+                    "--out", tmp_path / "run")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    record = api.read_run(tmp_path / "run").config
+    assert record["data"]["images"] == sum(TRAIN_SIZES) and record["data"]["classes"] == list(CLASSES)
+    assert record["model"]["channels"] == 3 and record["model"]["resolution"] == 16

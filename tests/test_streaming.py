@@ -42,16 +42,17 @@ def thousands(tmp_path_factory) -> Path:
     return write_folder(tmp_path_factory.mktemp("thousands") / "images", 2000)
 
 
-def batches_of(folder: Path, count: int, streamed: bool, **options) -> list[dict[str, torch.Tensor]]:
+def batches_of(folder: Path, count: int, streamed: bool, workers: int = 2, **options) -> list[dict[str, torch.Tensor]]:
     files = scan_folder(folder, options.pop("resolution", None))
     data = TrainingData({"labels": files.labels}, files) if streamed else TrainingData({"images": files_in_memory(files).images, "labels": files.labels})
-    stream = data.batches(batch_size=16, seed=3, workers=2, **options)
+    stream = data.batches(batch_size=16, seed=3, workers=workers, **options)
     return [stream.next() for _ in range(count)]
 
 
-def test_streamed_batches_equal_the_in_memory_ones_resized_flipped_across_epochs(tmp_path):
+@pytest.mark.parametrize("workers", [0, 2], ids=["in-process", "2-workers"])
+def test_streamed_batches_equal_the_in_memory_ones_resized_flipped_across_epochs(tmp_path, workers):
     folder = write_folder(tmp_path / "mixed", 40, sizes=((12, 9), (9, 12), (10, 10)))  # 2 batches of 16 per epoch
-    ours = batches_of(folder, 5, streamed=True, resolution=8, flip=True)
+    ours = batches_of(folder, 5, streamed=True, workers=workers, resolution=8, flip=True)
     theirs = batches_of(folder, 5, streamed=False, resolution=8, flip=True)
     for mine, reference in zip(ours, theirs, strict=True):
         assert mine.keys() == reference.keys() == {"images", "labels"}

@@ -12,7 +12,7 @@ from genflow.runs.files import RECORDED_APART
 
 RESUMABLE = frozenset({"steps", "device", "precision", "grad_accumulation", "gradient_checkpointing", "compile", "data_dir", "log_every", "sample_every", "sample_steps",
                        "eval_every", "eval_n", "checkpoint_every", "keep_checkpoints", "max_nonfinite", "final_grid",
-                       "pairs", "init_from", "data_workers", "bad_images"})  # fmt: skip
+                       "pairs", "init_from", "data_workers", "bad_images", "inception_weights"})  # fmt: skip
 """``pairs`` may move (the data's sha256 still has to match), and ``init_from`` is read only by a fresh start;
 ``bad_images`` may change because the data's fingerprint still has to match."""
 

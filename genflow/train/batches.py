@@ -63,12 +63,9 @@ class DataOrder:
         return self.order[window], None if self.flips is None else self.flips[window]
 
     def rows(self, rank: int, world_size: int) -> Iterator[list[int]]:
-        """From here on, forever, the indices of rank ``rank``'s share of each batch, following a copy."""
-        ahead = copy.deepcopy(self)
-        share = self.batch_size // world_size
-        while True:
-            indices, _ = ahead.next()
-            yield indices[rank * share : (rank + 1) * share].tolist()
+        """From here on, forever, the indices of rank ``rank``'s share of each batch: a copy of
+        the order, taken now, read ahead."""
+        return shares(copy.deepcopy(self), rank, world_size)
 
     def tensors(self) -> dict[str, Tensor]:
         """What a checkpoint holds of the order (its position goes to the manifest)."""
@@ -88,6 +85,14 @@ class DataOrder:
         self.order, self.position = order.clone(), position
         self.flips = tensors["data_flips"].clone().bool() if self.flip else None
         self.generator.set_state(tensors["data"])
+
+
+def shares(order: DataOrder, rank: int, world_size: int) -> Iterator[list[int]]:
+    """Rank ``rank``'s rows of each of ``order``'s batches, forever."""
+    share = order.batch_size // world_size
+    while True:
+        indices, _ = order.next()
+        yield indices[rank * share : (rank + 1) * share].tolist()
 
 
 def mirrored(images: Tensor, flips: Tensor | None) -> Tensor:
