@@ -107,9 +107,11 @@ def training_images(config: TrainConfig) -> tuple[Dataset | None, ImageFiles | N
         return load_pixels(config.dataset, config.data_dir, config.resolution), None, ()
     files = scan_folder(Path(config.dataset), config.resolution, config.bad_images)
     notes = (describe_skipped(files),) if files.skipped else ()
-    if len(files) * math.prod(files.shape) <= config.data_in_memory_mb * 2**20:
-        return files_in_memory(files), None, notes
-    return None, files, notes
+    if len(files) * math.prod(files.shape) > config.data_in_memory_mb * 2**20:
+        return None, files, notes
+    dataset = files_in_memory(files, config.bad_images)
+    undecodable = len(files) - len(dataset.images)
+    return dataset, None, notes + ((f"left out {undecodable} images under {files.root} whose pixels cannot be decoded (bad_images=skip)",) if undecodable else ())
 
 
 def prepare(config: TrainConfig, runtime: Runtime | None = None, resuming: bool = False) -> TrainingSetup:
@@ -164,7 +166,7 @@ def data_record(setup: TrainingSetup) -> dict:
     data = setup.data
     if data.files is not None:
         return files.data_record(data.count, data.files.fingerprint(), data.tensors.get("labels"), setup.classes)
-    images = as_unit_range(data.tensors["images"])
+    images = data.tensors["images"]
     return files.data_record(len(images), files.data_fingerprint(images), data.tensors.get("labels"), setup.classes)
 
 

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 import genflow
 from genflow.config import TrainConfig
-from genflow.data import DATASETS, Dataset, as_unit_range, load_dataset, load_labelled_dataset, load_pixels
+from genflow.data import DATASETS, Dataset, load_dataset, load_labelled_dataset, load_pixels
 from genflow.errors import GenflowError
 from genflow.image_files import read_samples_file
 from genflow.processes import GaussianProcess
@@ -193,7 +193,7 @@ def reference_for_dataset(
     def batches() -> Iterator[Tensor]:
         return (images[i : i + REFERENCE_BATCH] for i in range(0, len(images), REFERENCE_BATCH))
 
-    return reference_statistics(name, data_fingerprint(as_unit_range(images)), batches, len(images), model)
+    return reference_statistics(name, data_fingerprint(images), batches, len(images), model)
 
 
 def folder_batches(files: ImageFiles) -> Iterator[Tensor]:
@@ -235,11 +235,11 @@ def fid_of_samples_file(
     from genflow.inception import inception_weights_path, load_inception
     from genflow.train.runtime import pick_device
 
-    model = load_inception(inception_weights_path(inception_weights))
+    model = load_inception(inception_weights_path(inception_weights)).to(pick_device(device))
     images = read_samples_file(path)
     check_fid_input(images.shape[1], len(images), str(path))
     reference = reference_for_dataset(dataset, data_dir, model, resolution)
-    return fid_report(images, model, reference, seed, pick_device(device))
+    return fid_report(images, model, reference, seed, next(model.parameters()).device)
 
 
 FID_CHUNK = 2000
@@ -262,7 +262,7 @@ def fid_of_run(
         raise GenflowError("--metric fid scores samples of every class against all the real data; drop --class")
     n = PAPER_SAMPLES if n is None else n
     check_fid_input(loaded.model.config.channels, n, str(loaded.path))
-    model = load_inception(inception_weights_path(inception_weights))
+    model = load_inception(inception_weights_path(inception_weights)).to(next(loaded.model.parameters()).device)
     train = loaded.config["train"]
     reference = reference_for_dataset(train["dataset"], train.get("data_dir"), model, train.get("resolution"), train.get("bad_images", "error"))
     labels = None if loaded.classes is None else balanced_labels(n, len(loaded.classes))
@@ -330,15 +330,16 @@ def inception_evaluator(
     config: TrainConfig, image_shape: Sequence[int], device: torch.device, samples: Callable[[nn.Module], Tensor]
 ) -> Callable[[nn.Module], dict]:
     """FID and KID of ``samples(ema)`` against the run's data, for ``--eval-every``; the weights are
-    checked now, the reference statistics computed (or read from the cache) at the first evaluation."""
+    checked and the reference statistics computed (or read from the cache) now, before training, so
+    no process of a distributed run waits on them inside the loop."""
     from genflow.inception import fid_scores, inception_features, inception_weights_path, load_inception
 
-    model = load_inception(inception_weights_path(config.inception_weights))
+    model = load_inception(inception_weights_path(config.inception_weights)).to(device)
     check_fid_input(image_shape[0], config.eval_n, "eval_n")
-    reference = functools.cache(lambda: reference_for_dataset(config.dataset, config.data_dir, model, config.resolution, config.bad_images))
+    reference = reference_for_dataset(config.dataset, config.data_dir, model, config.resolution, config.bad_images)
 
     def scores(ema: nn.Module) -> dict:
-        result = fid_scores(inception_features(model, samples(ema), device=device), reference(), seed=0)
+        result = fid_scores(inception_features(model, samples(ema), device=device), reference, seed=0)
         return {"fid": result["fid"], "kid": result["kid"]}
 
     return scores

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import signal
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,12 +72,12 @@ class ImageFiles(torch.utils.data.Dataset):
         return torch.from_numpy(np.array(pixels)).permute(2, 0, 1)  # a writable copy of PIL's read-only buffer
 
     def fingerprint(self) -> str:
-        """sha256 of every file's path (relative to the folder), size and modification time and of
-        the resolution: what tells on resume, without reading every image, that the data changed."""
+        """sha256 of every file's path (relative to the folder) and size and of the resolution: what
+        tells on resume, without reading every image, that the data changed. Modification times
+        are left out, so a copy of the folder (another node's disk) is the same data."""
         digest = hashlib.sha256(f"resolution={self.resolution}\n".encode())
         for file in self.files:
-            stat = file.stat()
-            digest.update(f"{file.relative_to(self.root)}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+            digest.update(f"{file.relative_to(self.root)}\0{file.stat().st_size}\n".encode())
         return digest.hexdigest()
 
 
@@ -88,7 +89,7 @@ def read_pixels(file: Path, resolution: int | None = None) -> np.ndarray:
     try:
         with Image.open(file) as image:
             pixels = image_pixels(image)
-    except (OSError, ValueError) as error:  # ValueError: a mode PIL cannot convert
+    except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode PIL cannot convert
         raise GenflowError(f"cannot read image {file}: {error}") from None
     if resolution is None:
         return pixels
@@ -162,7 +163,7 @@ def header(file: Path) -> tuple[str | None, str, tuple[int, int]]:
     try:
         with Image.open(file) as image:
             return None, image.mode, image.size
-    except (OSError, UnidentifiedImageError, ValueError) as error:
+    except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as error:
         return f"cannot read image {file}: {error}", "", (0, 0)
 
 
@@ -175,8 +176,10 @@ def describe_skipped(files: ImageFiles) -> str:
 
 
 def default_workers() -> int:
-    """Worker processes that decode images: all cores but one for the training process, at most 8."""
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+    """Worker processes that decode images for this process: its share of the cores it may use
+    (the node's processes under torchrun split them), less one for itself; at least 1, at most 8."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 2
+    return max(1, min(8, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")) - 1))
 
 
 def collate(rows: list[tuple[int, Tensor | str]]) -> tuple[Tensor, Tensor, list[str]]:
@@ -202,8 +205,17 @@ def image_loader(
         pin_memory=pin_memory,
         prefetch_factor=2 if workers else None,
         persistent_workers=False,
+        worker_init_fn=ignore_stop_signals,
     )
     return iter(loader)
+
+
+def ignore_stop_signals(worker_id: int) -> None:
+    """In a decoding worker: ignore Ctrl-C and SIGTERM sent to the whole process group (a
+    terminal, Slurm, systemd). The training process finishes its step, saves a checkpoint and
+    shuts the workers down; a worker killed by the signal would end the run with a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 class IndexLists(torch.utils.data.Sampler):
@@ -222,12 +234,24 @@ def load_folder_pixels(path: Path, resolution: int | None = None, bad_images: st
     every image is RGB. Alpha is dropped; 16-bit images are scaled to 8 bits. When every image
     lies inside a first-level subfolder, each such folder is a class (names sorted, as
     torchvision's ImageFolder does); images directly in ``path`` make the folder unlabelled."""
-    return files_in_memory(scan_folder(path, resolution, bad_images))
+    return files_in_memory(scan_folder(path, resolution, bad_images), bad_images)
 
 
-def files_in_memory(files: ImageFiles) -> Dataset:
-    """The images of ``files`` decoded into one uint8 tensor, channels chosen by content."""
-    arrays = [read_pixels(file, files.resolution) for file in files.files]
+def files_in_memory(files: ImageFiles, bad_images: str = "error") -> Dataset:
+    """The images of ``files`` decoded into one uint8 tensor, channels chosen by content; a file
+    whose pixels cannot be decoded (a truncated file behind a good header) stops with its path,
+    or with ``bad_images="skip"`` is left out with its label."""
+    arrays, kept = [], []
+    for index, file in enumerate(files.files):
+        try:
+            arrays.append(read_pixels(file, files.resolution))
+            kept.append(index)
+        except GenflowError as error:
+            if bad_images != "skip":
+                raise GenflowError(f"{error}; remove it or pass -o bad_images=skip to leave unreadable files out") from None
+    if not arrays:
+        raise GenflowError(f"no readable images under {files.root}")
+    labels = None if files.labels is None else files.labels[kept]
     channels = max(array.shape[2] for array in arrays)
     stacked = np.stack([np.repeat(array, channels // array.shape[2], axis=2) for array in arrays])
-    return Dataset(torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), files.labels, files.classes)
+    return Dataset(torch.from_numpy(stacked).permute(0, 3, 1, 2).contiguous(), labels, files.classes)

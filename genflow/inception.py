@@ -27,6 +27,8 @@ import os
 import pickle
 import sys
 import warnings
+import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -317,7 +319,7 @@ def read_reference(path: Path) -> ReferenceStats | None:
         with np.load(path, allow_pickle=False) as archive:
             tensors = {key: torch.from_numpy(archive[key].copy()) for key in ("mu", "sigma", "rows")}
             count, fingerprint, sha = int(archive["count"]), str(archive["fingerprint"]), str(archive["weights_sha256"])
-    except (OSError, ValueError, KeyError, EOFError, TypeError):  # missing, truncated or foreign files
+    except (OSError, ValueError, KeyError, EOFError, TypeError, zipfile.BadZipFile, zlib.error):  # missing, truncated, foreign
         return None
     if tensors["mu"].dtype != torch.float64 or tensors["sigma"].dtype != torch.float64:
         return None

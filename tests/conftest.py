@@ -11,6 +11,13 @@ import torch
 from genflow import make_process
 from genflow.toy import GaussianMixture
 
+
+@pytest.fixture(autouse=True)
+def isolated_environment(monkeypatch, tmp_path_factory):
+    """No test reads the user's Inception weights variable or writes to their cache."""
+    monkeypatch.delenv("GENFLOW_INCEPTION_WEIGHTS", raising=False)
+    monkeypatch.setenv("GENFLOW_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "genflow-cache"))
+
 PROCESS_CONFIGS = [
     ("ddpm", {}),
     ("ddpm", {"beta_schedule": "cosine"}),

@@ -226,7 +226,7 @@ def test_reference_statistics_are_exact_and_cached(cache_dir):
     assert batches.calls == 3
 
 
-@pytest.mark.parametrize("damage", ["garbage", "wrong shape"])
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "flipped byte", "wrong shape"])
 def test_a_damaged_cache_file_is_recomputed(cache_dir, damage):
     model, images = CheapFeatures(), random_images(12, (8, 8))
     batches = CountedBatches(images)
@@ -234,6 +234,12 @@ def test_a_damaged_cache_file_is_recomputed(cache_dir, damage):
     path = reference_cache_path("f" * 64, model.sha256)
     if damage == "garbage":
         path.write_bytes(b"not an npz")
+    elif damage == "truncated":  # still starts with the zip signature
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    elif damage == "flipped byte":
+        data = bytearray(path.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        path.write_bytes(bytes(data))
     else:
         arrays = dict(np.load(path)) | {"mu": np.zeros(10)}
         with path.open("wb") as file:

@@ -5,6 +5,8 @@ odd-sized files are named, or left out and counted."""
 
 from __future__ import annotations
 
+import json
+import os
 import signal
 from pathlib import Path
 
@@ -116,13 +118,19 @@ def test_an_unreadable_file_is_named_or_left_out_and_counted(tmp_path):
     folder = write_folder(tmp_path / "images", 40)
     (folder / "class0" / "broken.png").write_bytes(b"not a png")
     Image.fromarray(np.zeros((16, 16, 3), np.uint8)).save(folder / "class1" / "big.png")
+    truncated = folder / "class1" / "truncated.png"  # a good header, pixels cut off: found only when decoded
+    truncated.write_bytes((folder / "class1" / "00001.png").read_bytes()[:-30])
     args = ["train", "--dataset", folder, "--steps", 1, "--batch-size", 8, "-o", "sample_every=0", "--no-final-grid", "--device", "cpu"]
     expect_usage_error(invoke(*args, "--out", tmp_path / "a"), "cannot read image", "broken.png", "bad_images=skip")
     assert not (tmp_path / "a").exists()
     result = invoke(*args, "--out", tmp_path / "b", "-o", "bad_images=skip", "-o", "model.block_channels=[16,32]", "-o", "model.attention=[false,false]", "-o", "model.norm_groups=8")
     assert result.exit_code == 0, result.output
     assert "left out 2 unreadable or odd-sized images" in result.output and "broken.png" in result.output
+    assert "left out 1 images" in result.output and "cannot be decoded" in result.output
     assert api.read_run(tmp_path / "b").config["data"]["images"] == 40
+    (folder / "class0" / "broken.png").unlink()
+    (folder / "class1" / "big.png").unlink()
+    expect_usage_error(invoke(*args, "--out", tmp_path / "c"), "cannot read image", "truncated.png", "bad_images=skip")
 
 
 def test_a_file_that_breaks_after_the_scan_stops_training_naming_it(tmp_path):
@@ -132,7 +140,7 @@ def test_a_file_that_breaks_after_the_scan_stops_training_naming_it(tmp_path):
 
     class BreakAfterScan(SilentReporter):
         def note(self, message: str) -> None:  # the run's first line, after the scan, before any image is read
-            victim.write_bytes(victim.read_bytes()[:40])  # the header still reads; the pixels do not
+            victim.write_bytes(victim.read_bytes()[:-30])  # the header still reads; the pixels do not
 
     with pytest.raises(GenflowError, match=r"cannot read image .*00003\.png.*resume"):
         api.train(config, tmp_path / "run", reporter=BreakAfterScan())
@@ -147,3 +155,47 @@ def test_resolution_trains_a_folder_of_mixed_sizes_from_the_command_line(tmp_pat
     train = api.read_run(tmp_path / "run").config["train"]
     assert train["resolution"] == 8 and train["random_flip"] is True
     assert api.read_run(tmp_path / "run").config["model"]["resolution"] == 8
+
+
+def test_a_streamed_run_with_random_flips_resumes_across_epochs_to_the_in_memory_run(tmp_path):
+    folder = write_folder(tmp_path / "images", 96)  # 3 batches of 32 per epoch: 12 steps cross 3 epochs after the resume
+    flipped = {**RUN, "dataset": str(folder), "random_flip": True, "log_every": 1}
+    memory = api.train(TrainConfig.from_dict(flipped), tmp_path / "memory")
+
+    class StopAt(SilentReporter):
+        def step(self, step: int, loss: float, lr: float) -> None:
+            if step == 5:
+                signal.raise_signal(signal.SIGINT)
+
+    with pytest.raises(TrainingInterrupted):
+        api.train(TrainConfig.from_dict({**flipped, **STREAMED}), tmp_path / "streamed", reporter=StopAt())
+    api.resume(tmp_path / "streamed")
+    for name in ("model.safetensors", "ema.safetensors"):
+        assert (tmp_path / "streamed" / name).read_bytes() == (memory / name).read_bytes(), name
+    unflipped = api.train(TrainConfig.from_dict({**flipped, "random_flip": False}), tmp_path / "unflipped")
+    assert (unflipped / "ema.safetensors").read_bytes() != (memory / "ema.safetensors").read_bytes()
+
+
+def test_sigterm_to_the_whole_process_group_saves_a_checkpoint_with_workers(thousands, tmp_path):
+    """Slurm and systemd signal every process of the job; the decoding workers must not die of it."""
+    import subprocess
+    import sys
+    import time
+
+    model = [arg for key, value in TINY_MODEL.items() for arg in ("-o", f"model.{key}={json.dumps(value)}")]
+    command = [sys.executable, "-m", "genflow", "train", "--dataset", str(thousands), "--steps", 5000, "--batch-size", 32,
+               "-o", "data_in_memory_mb=0", "-o", "data_workers=2", "-o", "sample_every=0", "--no-final-grid",
+               "--device", "cpu", *model, "--out", str(tmp_path / "run")]  # fmt: skip
+    process = subprocess.Popen(list(map(str, command)), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "run" / "metrics.jsonl").exists() or not (tmp_path / "run" / "metrics.jsonl").read_text():
+            assert process.poll() is None and time.monotonic() < deadline, process.communicate()[1][-2000:]
+            time.sleep(0.2)
+        os.killpg(process.pid, signal.SIGTERM)
+        _, stderr = process.communicate(timeout=120)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    assert process.returncode == 143, stderr[-2000:]
+    assert "Traceback" not in stderr and "stopped by SIGTERM" in stderr and "--resume" in stderr

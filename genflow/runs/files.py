@@ -94,10 +94,22 @@ def upgraded(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, "format": RUN_FORMAT, "train": train, "model": model}
 
 
+FINGERPRINT_ROWS = 4096
+"""Rows hashed at a time, so a large dataset is never copied whole."""
+
+
 def data_fingerprint(values: Tensor) -> str:
-    """sha256 of the training images as float32 (labels as int64), to tell on resume whether the data changed."""
-    dtype = torch.int64 if not values.dtype.is_floating_point else torch.float32
-    return hashlib.sha256(values.detach().to("cpu", dtype).contiguous().numpy().tobytes()).hexdigest()
+    """sha256 of the training images as floats in [-1, 1] in float32 (uint8 pixels mapped as
+    training maps them; labels as int64), to tell on resume whether the data changed; hashed
+    :data:`FINGERPRINT_ROWS` rows at a time (the digest is that of the whole array)."""
+    from genflow.data import as_unit_range
+
+    digest = hashlib.sha256()
+    for rows in values.detach().cpu().split(FINGERPRINT_ROWS):
+        rows = as_unit_range(rows) if rows.dtype == torch.uint8 and values.dim() == 4 else rows
+        dtype = torch.int64 if not rows.dtype.is_floating_point else torch.float32
+        digest.update(rows.to(dtype).contiguous().numpy().data)
+    return digest.hexdigest()
 
 
 def followed(path: Path) -> Path:
