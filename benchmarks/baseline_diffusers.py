@@ -1,12 +1,15 @@
 """A diffusers-only baseline for quality at 10 NFE on the digits.
 
 Trains the same UNet as genflow's default with a plain diffusers loop (DDPM objective:
-DDPMScheduler.add_noise, eps MSE, AdamW with the same learning rate, EMA 0.999) for the same
-number of steps and batch, then samples it with diffusers' 10-step schedulers (DDIM,
-DPM-Solver++ multistep, Euler, UniPC) and writes one uint8 NHWC ``.npz`` (``arr_0``) per
-scheduler, for ``genflow eval``-style comparison against genflow's own runs.
+DDPMScheduler.add_noise, eps MSE, AdamW with the same learning rate, EMA 0.999) with the same
+batch, then samples it with diffusers' 10-step schedulers (DDIM, DPM-Solver++ multistep, Euler,
+UniPC) and writes one uint8 NHWC ``.npz`` (``arr_0``) per scheduler, for ``genflow eval
+--samples`` comparison against genflow's own runs.
 
-    python benchmarks/baseline_diffusers.py --out baseline/ [--steps 2000] [--n 1000]
+The default 3050 steps take the wall time of genflow's default 3000: ``bench_train.py --sizes 8``
+measured genflow's step at 0.983x the plain loop's images/s (benchmarks/results/digits-recipe.md).
+
+    python benchmarks/baseline_diffusers.py --out baseline/ [--steps 3050] [--n 1000]
 """
 
 from __future__ import annotations
@@ -70,7 +73,7 @@ def sample_with(unet: torch.nn.Module, scheduler_cls, n: int, steps: int, seed: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--steps", type=int, default=2000)
+    parser.add_argument("--steps", type=int, default=3050, help="training steps (3050: genflow's default 3000 in the same time)")
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--n", type=int, default=1000)

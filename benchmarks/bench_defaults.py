@@ -20,7 +20,6 @@ from pathlib import Path
 
 import torch
 
-import genflow
 from genflow import api
 from genflow.evaluation import feature_classifier, plan_evaluation, run_dataset
 from genflow.metrics import extract_features, frechet_distance, yardsticks

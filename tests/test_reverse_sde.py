@@ -34,8 +34,12 @@ def test_a_bounded_diffusion_recovers_the_mixture_with_every_process(process, so
     a few percent of the spread at 100, as test_solvers notes). The default, auto, samples every
     process in test_solvers.py (test_every_solver_recovers_the_mixture_with_every_process); it
     is sigma where the natural g diverges (test_auto_is_natural_where_finite_else_sigma)."""
-    if process.name == "ddim":
-        pytest.skip("ddim's path is ddpm's (only its default solver differs)")
+    if process.name == "ddim":  # ddim's path is ddpm's (only its defaults differ): the same samples
+        draws = [genflow.sample(four_blobs().exact_model(p), p, solver=solver, steps=8, grid="uniform", shape=(6, 2), seed=0,
+                                diffusion="sigma")
+                 for p in (process, make_process("ddpm"))]  # fmt: skip
+        assert torch.equal(*draws)
+        return
     data, floor = blobs_floor
     steps = 200 if getattr(process, "sde", None) == "ve" else 100
     draw = lambda mixture, n: genflow.sample(
@@ -64,10 +68,10 @@ def test_one_step_keeps_the_marginal_to_second_order_for_every_g(process, form):
     Euler-Maruyama step is affine, ``x_s = A x_t + B + g sqrt(t - s) z``: from the exact marginal
     at t it must reach the one at s up to O(h^2) for every g and scale. Noise too large or too
     small for its drift (g for g^2, a lost 1/2) leaves an O(h) error instead."""
-    if form == "natural" and not process.supports_reverse_sde:
-        pytest.skip(
-            "natural g diverges at t=1 for this process; refused (test_natural_is_refused_where_it_diverges_with_a_one_line_pointer)"
-        )
+    if form == "natural" and not process.supports_reverse_sde:  # g diverges at t=1: refused, not stepped
+        with pytest.raises(IncompatibleError, match="use --diffusion sigma"):
+            genflow.sample(four_blobs().exact_model(process), process, solver="euler-maruyama", shape=(4, 2), diffusion=form)
+        return
     m, std = 1.5, 0.4
     model = BoundModel(GaussianMixture([[m]], std=std).exact_model(process), process)
 
