@@ -136,10 +136,22 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(figure)
 
 
+RUN_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
+"""Line style and marker per run; the colour is the solver's (and guidance's), the same in every run."""
+
+
 def draw_lines(axes: Axes, rows: list[dict], key: str) -> None:
     """``key`` against NFE, one line per run x solver x guidance (guidance named for conditional runs)."""
+    from matplotlib import colormaps
+
+    runs = list(dict.fromkeys(r["run"] for r in rows))
+    samplers = list(dict.fromkeys((r["solver"], r["guidance"]) for r in rows))
+    palette = colormaps["tab10" if len(samplers) <= 10 else "tab20"]
     for run, solver, guidance in dict.fromkeys((r["run"], r["solver"], r["guidance"]) for r in rows):
         line = [r for r in rows if (r["run"], r["solver"], r["guidance"]) == (run, solver, guidance)]
         guided = "" if line[0]["class_agreement"] is None else f", guidance {guidance:g}"
         points = sorted((r["nfe"], r[key]) for r in line)
-        axes.plot(*zip(*points, strict=True), marker="o", label=f"{line[0]['process']} ({Path(run).name}) / {solver}{guided}")
+        style, marker = RUN_STYLES[runs.index(run) % len(RUN_STYLES)]
+        colour = palette(samplers.index((solver, guidance)) % palette.N)
+        axes.plot(*zip(*points, strict=True), linestyle=style, marker=marker, color=colour, markersize=4,
+                  label=f"{line[0]['process']} ({Path(run).name}) / {solver}{guided}")  # fmt: skip
