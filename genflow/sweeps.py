@@ -122,36 +122,47 @@ def plot(rows: list[dict], path: Path) -> None:
     figure, panels = plt.subplots(1, 2 if conditional else 1, figsize=(12 if conditional else 7, 4.5), squeeze=False)
     fd_axes = panels[0][0]
     inception = bool(rows) and rows[0]["fid"] is not None
-    draw_lines(fd_axes, rows, "fid" if inception else "fd")
+    style = line_styles(rows)
+    draw_lines(fd_axes, rows, "fid" if inception else "fd", style)
     if rows and not inception:
-        fd_axes.axhline(rows[0]["fd_floor"], color="grey", linestyle="--", label="floor (training images resampled)")
+        fd_axes.axhline(rows[0]["fd_floor"], color="black", linewidth=0.8, linestyle=(0, (8, 4)), label="floor (training images resampled)")
     label = "FID (Inception-v3 features)" if inception else "Frechet distance (classifier features)"
     fd_axes.set(xscale="log", yscale="log", xlabel="NFE", ylabel=label)
     fd_axes.legend(fontsize=7)
     if conditional:
-        draw_lines(panels[0][1], conditional, "class_agreement")
+        draw_lines(panels[0][1], conditional, "class_agreement", style)
         panels[0][1].set(xscale="log", ylim=(0, 1.02), xlabel="NFE", ylabel="class agreement (classifier calls the class)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
 
 
-RUN_STYLES = (("-", "o"), ("--", "s"), (":", "^"), ("-.", "D"))
-"""Line style and marker per run; the colour is the solver's (and guidance's), the same in every run."""
+RUN_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))
+GUIDANCE_MARKERS = "osD^v<>p*h"
 
 
-def draw_lines(axes: Axes, rows: list[dict], key: str) -> None:
-    """``key`` against NFE, one line per run x solver x guidance (guidance named for conditional runs)."""
+def line_styles(rows: list[dict]) -> Callable[[str, str, float], dict]:
+    """One look per line, the same in every panel: the colour is the solver's (its place in the
+    solver registry, so the same in every sweep), the line style the run's, the marker the
+    guidance scale's."""
     from matplotlib import colormaps
 
+    palette = colormaps["tab10"]
     runs = list(dict.fromkeys(r["run"] for r in rows))
-    samplers = list(dict.fromkeys((r["solver"], r["guidance"]) for r in rows))
-    palette = colormaps["tab10" if len(samplers) <= 10 else "tab20"]
+    guidances = sorted({r["guidance"] for r in rows})
+    solvers = genflow.SOLVERS.names()
+    return lambda run, solver, guidance: {
+        "color": palette(solvers.index(solver) % palette.N) if solver in solvers else "black",
+        "linestyle": RUN_STYLES[runs.index(run) % len(RUN_STYLES)],
+        "marker": GUIDANCE_MARKERS[guidances.index(guidance) % len(GUIDANCE_MARKERS)],
+    }
+
+
+def draw_lines(axes: Axes, rows: list[dict], key: str, style: Callable[[str, str, float], dict]) -> None:
+    """``key`` against NFE, one line per run x solver x guidance (guidance named for conditional runs)."""
     for run, solver, guidance in dict.fromkeys((r["run"], r["solver"], r["guidance"]) for r in rows):
         line = [r for r in rows if (r["run"], r["solver"], r["guidance"]) == (run, solver, guidance)]
         guided = "" if line[0]["class_agreement"] is None else f", guidance {guidance:g}"
         points = sorted((r["nfe"], r[key]) for r in line)
-        style, marker = RUN_STYLES[runs.index(run) % len(RUN_STYLES)]
-        colour = palette(samplers.index((solver, guidance)) % palette.N)
-        axes.plot(*zip(*points, strict=True), linestyle=style, marker=marker, color=colour, markersize=4,
+        axes.plot(*zip(*points, strict=True), markersize=4, **style(run, solver, guidance),
                   label=f"{line[0]['process']} ({Path(run).name}) / {solver}{guided}")  # fmt: skip

@@ -36,7 +36,7 @@ def launch(*args: object, processes: int = 2, module: bool = True, cwd: Path | N
     else:
         command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}", *target]
         command += list(map(str, args))
-    return subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=cwd)
+    return subprocess.run(command, capture_output=True, text=True, timeout=LAUNCH_TIMEOUT, cwd=cwd, check=False)
 
 
 def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:

@@ -37,7 +37,7 @@ class CNF(GaussianProcess):
 
     name = "cnf"
     summary = "flow matching with the sigma_min OT path, independent or minibatch-OT coupling (Lipman et al. 2023)"
-    default_solver = "dpm++2m"  # best FD on the digits at 10 and 20 NFE (benchmarks/results/digits-defaults.md)
+    default_solver = "dpm++2m"  # best FD on the digits (OT coupling) at 10 and 20 NFE (benchmarks/results/digits-defaults.md)
     default_grid = "logsnr"
 
     prediction: str = option("velocity", "network output: eps, x0, v or velocity")
