@@ -24,7 +24,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler, EulerDiscreteScheduler, UniPCMultistepScheduler
 
-from genflow.data import load_digits, to_uint8
+from genflow.data.datasets import load_digits
+from genflow.data.pixels import to_uint8
 from genflow.nn import build_unet, preset_for
 from genflow.train import update_ema, warmup_cosine
 

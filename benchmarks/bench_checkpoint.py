@@ -21,7 +21,8 @@ import genflow
 from genflow.config import TrainConfig
 from genflow.nn import preset_for
 from genflow.runs.checkpoint import newest_valid_checkpoint
-from genflow.train import DenoisingObjective, SingleProcess, Trainer, TrainingSetup
+from genflow.runtime.base import SingleProcess
+from genflow.train import DenoisingObjective, Trainer, TrainingSetup
 
 
 def median_seconds(action, repeats: int) -> float:

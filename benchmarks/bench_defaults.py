@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 
 from genflow import api
-from genflow.evaluation import feature_classifier, plan_evaluation, run_dataset
-from genflow.metrics import extract_features, frechet_distance, yardsticks
+from genflow.eval.metrics import extract_features, frechet_distance, yardsticks
+from genflow.eval.scoring import feature_classifier, plan_evaluation, run_dataset
 
 BUDGETS = (10, 20)
 

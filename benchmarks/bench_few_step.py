@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from genflow import api
-from genflow.few_step import distill, reflow, straightness_of_run
+from genflow.fewstep.reflow import distill, reflow, straightness_of_run
 from genflow.progress import reporter_for
 
 NFES = (1, 2, 4, 20)

@@ -57,8 +57,8 @@ from torch import Tensor
 
 from genflow import SOLVERS, make_process
 from genflow.processes.base import GaussianProcess
+from genflow.sampling.grids import GRIDS, NOISE_LEVEL_MAX, NOISE_LEVEL_MIN, make_grid, noise_level
 from genflow.solvers import BoundModel
-from genflow.timesteps import GRIDS, NOISE_LEVEL_MAX, NOISE_LEVEL_MIN, make_grid, noise_level
 from genflow.toy import GaussianMixture
 
 BUDGETS = (4, 6, 8, 10, 15, 20)

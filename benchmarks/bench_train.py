@@ -30,9 +30,10 @@ import torch.nn.functional as F
 
 import genflow
 from genflow.config import TrainConfig
-from genflow.data import load_digits
+from genflow.data.datasets import load_digits
 from genflow.nn import build_unet, preset_for
-from genflow.train import DenoisingObjective, SingleProcess, Trainer, TrainingSetup
+from genflow.runtime.base import SingleProcess
+from genflow.train import DenoisingObjective, Trainer, TrainingSetup
 
 VARIANTS: dict[str, dict] = {
     "plain diffusers fp32": {},

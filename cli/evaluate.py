@@ -30,7 +30,7 @@ from genflow.lazy import lazy_import
 
 api = lazy_import("genflow.api")  # torch and diffusers: imported when a command runs
 
-PAPER_SAMPLES = 50_000  # genflow.inception.PAPER_SAMPLES, spelled here to keep startup free of torch
+PAPER_SAMPLES = 50_000  # genflow.eval.inception.PAPER_SAMPLES, spelled here to keep startup free of torch
 MetricOption = Annotated[
     str | None,
     typer.Option(
@@ -111,7 +111,7 @@ def evaluate(
         result = {"samples": str(samples), **scored}
         title = f"{samples} ({result['n']} samples, {dataset})"
     else:
-        from genflow.train.runtime import runtime_for
+        from genflow.runtime.launch import runtime_for
 
         runtime = runtime_for(device)  # under torchrun: one share of the samples per process
         loaded = api.load(run, str(runtime.device))
@@ -126,11 +126,11 @@ def evaluate(
         if nll:
             result |= api.negative_log_likelihood(loaded, nll_n, seed, nll_steps)
         if straightness:
-            from genflow.few_step import STRAIGHTNESS_PATHS, straightness_of_run
+            from genflow.fewstep.reflow import STRAIGHTNESS_PATHS, straightness_of_run
 
             result["straightness"] = straightness_of_run(loaded, STRAIGHTNESS_PATHS, straightness_steps, seed, batch_size)
     if result.get("standard_weights") is False:
-        from genflow.inception import NONSTANDARD_NOTE
+        from genflow.eval.inception import NONSTANDARD_NOTE
 
         print(f"genflow: note: {inception_weights or 'the Inception weights'} are {NONSTANDARD_NOTE}", file=sys.stderr)
     if as_json:
@@ -152,7 +152,7 @@ def interval(spec: str | None) -> tuple[float, float]:
 
 def check_counts(n: int | None, nll_n: int | None, nll_steps: int, straightness_steps: int = 100) -> None:
     """Refuse counts the scores cannot use before a run is loaded or sampled (None: unused)."""
-    from genflow.metrics import check_sample_count
+    from genflow.eval.metrics import check_sample_count
 
     if n is not None:
         check_sample_count(n, name="--n")
@@ -247,8 +247,8 @@ def sweep(
     of Frechet distance against NFE with the real-data floor, and for conditional runs class
     agreement against NFE (guidance costs two network evaluations a step). Guidance other than
     1 is skipped for unconditional runs."""
-    from genflow.sweeps import parse_list, run_sweep
-    from genflow.train.runtime import launched_distributed
+    from genflow.eval.sweeps import parse_list, run_sweep
+    from genflow.runtime.base import launched_distributed
 
     if launched_distributed():
         raise GenflowError("genflow sweep runs as one process; launch it without torchrun (eval and sample split across processes)")

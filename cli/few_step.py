@@ -11,7 +11,7 @@ import typer
 from genflow.cli.core import app, fails_cleanly, parse_assignments, say
 from genflow.lazy import lazy_import
 
-reflow_module = lazy_import("genflow.few_step")  # torch and diffusers: imported when a command runs
+reflow_module = lazy_import("genflow.fewstep.reflow")  # torch and diffusers: imported when a command runs
 
 TrainStepsOption = Annotated[int | None, typer.Option(help="Training steps of the student (default: the teacher's).")]
 BatchSizeOption = Annotated[int | None, typer.Option(help="Training batch size (default: the teacher's).")]
@@ -48,7 +48,7 @@ def reflow(
     (reflow: straighter paths, so fewer steps). A kill loses at most the shard in flight; --resume continues."""
     from genflow.errors import GenflowError
     from genflow.progress import reporter_for
-    from genflow.train.runtime import launched_distributed
+    from genflow.runtime.base import launched_distributed
 
     if launched_distributed():
         raise GenflowError(

@@ -56,8 +56,8 @@ def sample(
     """Sample a trained run with any solver and write the samples. Solver options (below)
     apply to the solvers named in their help. A conditional run samples the classes given with
     --class (one grid row per class, the same seeds in every row), guided with --guidance."""
+    from genflow.runtime.launch import runtime_for
     from genflow.solvers.guidance import FULL_INTERVAL, parse_interval
-    from genflow.train.runtime import runtime_for
 
     api.check_scale(scale)
     interval = parse_interval(guidance_interval) if guidance_interval else FULL_INTERVAL

@@ -10,7 +10,7 @@ import typer
 import genflow
 from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, say, with_flags
 from genflow.config import resolve_config, route_assignments, to_toml, training_keys
-from genflow.data import DATASETS
+from genflow.data.datasets import DATASETS
 from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
 from genflow.progress import reporter_for

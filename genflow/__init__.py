@@ -1,6 +1,6 @@
 """genflow: train, sample and compare diffusion and flow models with one backbone.
 
-Glossary (see DESIGN.md):
+Glossary (see docs/design.md):
 
 - process: the corruption path, training time distribution, target and loss, and how a
   network output becomes a field to integrate. Every process is a Gaussian path
@@ -27,19 +27,18 @@ from genflow.errors import (
     UnknownNameError,
 )
 from genflow.processes import PROCESSES, GaussianProcess, Schedule, make_process
+from genflow.sampling.grids import GRIDS, make_grid
 from genflow.solvers import SOLVERS, BoundModel, NoiseSource
-from genflow.timesteps import GRIDS, make_grid
-
-__version__ = "0.1.0"
+from genflow.version import __version__
 
 # Imported on first use (PEP 562): they pull in torch, which the registries above do not.
 _LAZY = {
-    "sample": "genflow.sampling",
-    "SamplingStats": "genflow.sampling",
-    "log_likelihood": "genflow.likelihood",
-    "reflow": "genflow.few_step",
-    "distill": "genflow.few_step",
-    "straightness": "genflow.few_step",
+    "sample": "genflow.sampling.sample",
+    "SamplingStats": "genflow.sampling.sample",
+    "log_likelihood": "genflow.sampling.likelihood",
+    "reflow": "genflow.fewstep.reflow",
+    "distill": "genflow.fewstep.reflow",
+    "straightness": "genflow.fewstep.reflow",
     "export_run": "genflow.interop.export",
     "import_diffusers": "genflow.interop.importer",
 }

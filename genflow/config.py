@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, get_type_hints
 
 from genflow.errors import GenflowError
+from genflow.processes import PROCESSES, make_process
 from genflow.registry import did_you_mean
 from genflow.values import typed_value
 
@@ -184,8 +185,6 @@ def route_assignments(assignments: dict[str, Any]) -> dict[str, Any]:
     """``-o key=value`` pairs as config overrides: training keys at the top, ``model.KEY`` in
     ``model`` and every other key in ``process_options`` (the process checks its own names).
     A key that no process and no config knows is an error with the closest names of both."""
-    from genflow.processes import PROCESSES
-
     process_option_names = {name for _, cls in PROCESSES.items() for name in cls.option_names()}
     routed: dict[str, Any] = {"model": {}, "process_options": {}}
     for key, value in assignments.items():
@@ -267,8 +266,6 @@ def resolve_config(config_file: str | None, process: str | None, overrides: dict
     """Preset (``config_file``, else the preset of ``process``, else rectified-flow's), then
     ``overrides`` (flags given on the command line; ``None`` values mean not given); the
     process options checked and the warm-up capped at a tenth of the run."""
-    from genflow.processes import PROCESSES, make_process
-
     if process is not None and config_file is None:
         PROCESSES.get(process)  # an unknown name is "unknown process", not "no preset"
     values = merge_values(read_preset(config_file or process or "rectified-flow"), overrides | {"process": process})

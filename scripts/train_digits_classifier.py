@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from genflow.metrics import DIGITS_CLASSIFIER, DIGITS_CLASSIFIER_CARD, DigitsClassifier
+from genflow.eval.metrics import DIGITS_CLASSIFIER, DIGITS_CLASSIFIER_CARD, DigitsClassifier
 from genflow.storage import sha256_file
 
 EPOCHS, BATCH, LR, SEED = 40, 64, 2e-3, 0

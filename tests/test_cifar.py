@@ -1,4 +1,4 @@
-"""genflow.cifar: both CIFAR-10 layouts read alike, and hostile or damaged files are refused."""
+"""genflow.data.cifar: both CIFAR-10 layouts read alike, and hostile or damaged files are refused."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from genflow.cifar import read_cifar10
+from genflow.data.cifar import read_cifar10
 from genflow.errors import GenflowError
 
 CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")

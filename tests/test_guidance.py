@@ -20,10 +20,10 @@ from conftest import energy_distance, four_blobs
 
 import genflow
 from genflow import SOLVERS, GenflowError, make_process
-from genflow.likelihood import log_likelihood
 from genflow.processes.cnf import CNF, optimal_transport_pairing
+from genflow.sampling.grids import make_grid
+from genflow.sampling.likelihood import log_likelihood
 from genflow.solvers.guidance import GuidedModel, class_rows
-from genflow.timesteps import make_grid
 from genflow.toy import GaussianMixture
 from genflow.train.objective import DenoisingObjective
 

@@ -12,9 +12,9 @@ import torch
 from conftest import invoke, tiny_preset
 from PIL import Image
 
-from genflow.data import load_dataset
+from genflow.data.datasets import load_dataset
+from genflow.data.image_files import save_samples
 from genflow.errors import GenflowError
-from genflow.image_files import save_samples
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

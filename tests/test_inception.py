@@ -22,8 +22,7 @@ from torch import nn
 
 from genflow import inception
 from genflow.errors import GenflowError
-from genflow.evaluation import choose_metric, fid_of_run
-from genflow.inception import (
+from genflow.eval.inception import (
     INCEPTION_ENV,
     KID_SUBSET_SIZE,
     KID_SUBSETS,
@@ -34,7 +33,8 @@ from genflow.inception import (
     reference_cache_path,
     reference_statistics,
 )
-from genflow.metrics import frechet_distance, frechet_from_moments, kernel_distance
+from genflow.eval.metrics import frechet_distance, frechet_from_moments, kernel_distance
+from genflow.eval.scoring import choose_metric, fid_of_run
 
 
 @pytest.fixture(scope="session")
@@ -105,7 +105,7 @@ def test_features_are_torch_fidelitys_with_its_tensorflow_compatible_resize(rand
 
 def test_float_and_grey_images_are_converted(random_weights):
     """Images in [-1, 1] score as their uint8 quantization; 1-channel images as 3 equal channels."""
-    from genflow.data import uint8_to_unit_range
+    from genflow.data.pixels import uint8_to_unit_range
 
     model = load_inception(random_weights)
     grey = random_images(2, (16, 16), channels=1, seed=1)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from genflow.data import load_labelled_dataset
+from genflow.data.datasets import load_labelled_dataset
 
 
 def test_digits_carry_scikit_learns_targets():

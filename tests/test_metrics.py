@@ -18,9 +18,8 @@ from torch import nn
 import genflow
 from genflow import api
 from genflow.config import TrainConfig
-from genflow.data import load_digits
-from genflow.likelihood import bits_per_dim, dequantize, log_likelihood
-from genflow.metrics import (
+from genflow.data.datasets import load_digits
+from genflow.eval.metrics import (
     DIGITS_CLASSIFIER_CARD,
     evaluate,
     extract_features,
@@ -30,6 +29,7 @@ from genflow.metrics import (
     memorization,
     precision_recall,
 )
+from genflow.sampling.likelihood import bits_per_dim, dequantize, log_likelihood
 from genflow.toy import GaussianMixture
 
 

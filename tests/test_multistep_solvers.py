@@ -11,8 +11,8 @@ import torch
 from test_solvers import fixed_eps_network, our_model
 
 from genflow import SOLVERS, make_process
+from genflow.sampling.grids import make_grid
 from genflow.solvers import BoundModel, dpmpp_3m
-from genflow.timesteps import make_grid
 from genflow.toy import GaussianMixture
 
 

@@ -17,8 +17,8 @@ from torch import nn
 import genflow
 from genflow import api
 from genflow.config import TrainConfig
-from genflow.few_step import STRAIGHTNESS_PATHS, straightness, straightness_of_run
-from genflow.pairs import Manifest, generate, read_pairs
+from genflow.data.pairs import Manifest, generate, read_pairs
+from genflow.fewstep.reflow import STRAIGHTNESS_PATHS, straightness, straightness_of_run
 from genflow.processes import make_process
 from genflow.train.objective import DistillationObjective, PairedObjective
 

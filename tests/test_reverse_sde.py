@@ -13,10 +13,10 @@ from conftest import BLOB_SAMPLES, energy_distance, expect_usage_error, four_blo
 
 import genflow
 from genflow import SOLVERS, GenflowError, IncompatibleError, make_process
+from genflow.sampling.grids import make_grid
 from genflow.solvers import BoundModel
 from genflow.solvers.base import Diffusion
 from genflow.solvers.euler_maruyama import reverse_sde_step
-from genflow.timesteps import make_grid
 from genflow.toy import GaussianMixture
 
 REVERSE_SDE_SOLVERS = ["euler-maruyama", "pc"]

@@ -11,8 +11,8 @@ from conftest import BLOB_SAMPLES, energy_distance, four_blobs
 
 import genflow
 from genflow import SOLVERS, GenflowError, IncompatibleError, UnknownNameError, make_process
+from genflow.sampling.grids import make_grid
 from genflow.solvers import BoundModel
-from genflow.timesteps import make_grid
 from genflow.toy import GaussianMixture
 
 N_SAMPLES = BLOB_SAMPLES  # the size of the blobs_floor fixture's data

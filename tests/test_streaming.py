@@ -18,8 +18,9 @@ from PIL import Image
 
 from genflow import api
 from genflow.config import TrainConfig
+from genflow.data.folders import files_in_memory, scan_folder
+from genflow.data.pixels import center_crop, read_pixels
 from genflow.errors import GenflowError, TrainingInterrupted
-from genflow.folders import center_crop, files_in_memory, read_pixels, scan_folder
 from genflow.progress import SilentReporter
 from genflow.train import TrainingData
 

@@ -9,7 +9,7 @@ import torch
 
 import genflow
 from genflow import GRIDS, GenflowError, make_grid, make_process
-from genflow.timesteps import noise_level, time_at_noise_level
+from genflow.sampling.grids import noise_level, time_at_noise_level
 
 
 @pytest.mark.parametrize("grid", GRIDS.names())

@@ -31,6 +31,7 @@ from genflow.interop import flow_pipeline
 from genflow.interop.schedulers import scheduler_config
 from genflow.lazy import lazy_import
 from genflow.runs.checkpoint import replace_directory
+from genflow.runs.loaded import load
 from genflow.storage import TEMPORARY_SUFFIX
 
 diffusers = lazy_import("diffusers")
@@ -72,7 +73,7 @@ EXPORT_TARGETS: dict[str, Callable] = {
 
 
 def pipeline_for(loaded) -> object:
-    """The diffusers pipeline that samples ``loaded`` (a :class:`genflow.api.LoadedRun`), or
+    """The diffusers pipeline that samples ``loaded`` (a :class:`genflow.runs.loaded.LoadedRun`), or
     one line saying why there is none."""
     name = loaded.process.name
     if name in REFUSED:
@@ -139,9 +140,7 @@ def export_run(run: str | Path | None, out_dir: str | Path, overwrite: bool = Fa
     checkpoint while unfinished) to ``out_dir`` in diffusers' layout and return ``out_dir``.
     Everything is checked before anything is written; an existing ``out_dir`` is replaced
     (with ``overwrite``) only by a complete export."""
-    from genflow import api
-
     out_dir = Path(out_dir)
-    loaded = api.load(run, device="cpu")
+    loaded = load(run, device="cpu")
     check_destination(out_dir, overwrite, loaded.path)
     return save_pipeline(pipeline_for(loaded), out_dir, overwrite)

@@ -22,6 +22,7 @@ from genflow.nn import Preconditioner, UNetConfig
 from genflow.processes import GaussianProcess
 from genflow.runs import files
 from genflow.storage import save_weights, write_json
+from genflow.version import __version__
 
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 PICKLED_WEIGHTS = "diffusion_pytorch_model.bin"
@@ -151,15 +152,13 @@ def import_diffusers(folder: str | Path, out: Path | None = None, overwrite: boo
     """Import the diffusers pipeline folder ``folder`` as a genflow run in ``out`` (default
     ``runs/<time>-<process>``) and return the run's directory. Everything is checked before
     anything is written."""
-    import genflow
-
     source = read_folder(Path(folder))
     process = process_from_scheduler(source.scheduler, str(source.path / "scheduler" / "scheduler_config.json"))
     model = load_backbone(source, process)
     run_dir = files.new_run_dir(out, process.name, overwrite)
     files.clear_run(run_dir)
     save_weights(run_dir / files.EMA_WEIGHTS, model.unet)
-    write_json(run_dir / files.CONFIG, import_record(source, process, model, genflow.__version__))
+    write_json(run_dir / files.CONFIG, import_record(source, process, model, __version__))
     if files.is_default_location(out, run_dir):
         files.point_latest(run_dir.parent, run_dir)
     return run_dir

@@ -5,7 +5,7 @@ Every genflow process is a Gaussian path ``x_t = alpha(t) x0 + sigma(t) eps`` wi
 process adds is its schedule, the prediction its network makes, how it draws training times
 and pairs noise with data, and its defaults for sampling. Solvers never branch on the
 process: they convert any prediction to ``(x0_hat, eps_hat)`` with :func:`to_x0_eps` and
-build the field they integrate from the schedule (see ``DESIGN.md``).
+build the field they integrate from the schedule (see ``docs/design.md``).
 """
 
 from __future__ import annotations

@@ -54,7 +54,7 @@ class RunFiles:
 
 def data_record(count: int, fingerprint: str, labels: Tensor | None = None, classes: Sequence[str] | None = None) -> dict[str, Any]:
     """How many training images there are and their fingerprint (:func:`data_fingerprint` of
-    images in memory, :meth:`genflow.folders.ImageFiles.fingerprint` of streamed files); for a
+    images in memory, :meth:`genflow.data.folders.ImageFiles.fingerprint` of streamed files); for a
     conditional run also the labels' fingerprint and the class names (index = label)."""
     record: dict[str, Any] = {"images": count, "sha256": fingerprint}
     if labels is not None:
@@ -102,7 +102,7 @@ def data_fingerprint(values: Tensor) -> str:
     """sha256 of the training images as floats in [-1, 1] in float32 (uint8 pixels mapped as
     training maps them; labels as int64), to tell on resume whether the data changed; hashed
     :data:`FINGERPRINT_ROWS` rows at a time (the digest is that of the whole array)."""
-    from genflow.data import as_unit_range
+    from genflow.data.pixels import as_unit_range
 
     digest = hashlib.sha256()
     for rows in values.detach().cpu().split(FINGERPRINT_ROWS):

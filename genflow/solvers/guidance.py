@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING
 
 from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
+from genflow.registry import did_you_mean
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -133,8 +134,6 @@ def parse_classes(spec: str, classes: Sequence[str]) -> list[int]:
 
 def class_index(item: str, classes: Sequence[str]) -> int:
     """The label of one class given by name or index."""
-    from genflow.registry import did_you_mean
-
     if item in classes:
         return list(classes).index(item)
     try:

@@ -7,7 +7,7 @@ an uninterrupted one, mid-epoch included.
 
 - :class:`MinibatchStream`: the data is in memory (uint8 pixels, or floats for the digits);
   a batch is an index into it.
-- :class:`StreamedBatches`: the images stay in files (:class:`genflow.folders.ImageFiles`);
+- :class:`StreamedBatches`: the images stay in files (:class:`genflow.data.folders.ImageFiles`);
   ``torch.utils.data`` worker processes decode the batches a few steps ahead, following a copy
   of the order. Under torch.distributed each process decodes only its rows of the global
   batch, and the processes exchange the decoded pixels (uint8), so every process holds the
@@ -26,12 +26,11 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from genflow.data import as_unit_range
+from genflow.data.folders import ImageFiles, default_workers, image_loader
+from genflow.data.pixels import as_unit_range
 from genflow.errors import GenflowError
-from genflow.folders import ImageFiles, default_workers, image_loader
-
-Batch = dict[str, Tensor]
-"""A training batch: ``images`` (B, C, H, W) in [-1, 1]; also ``labels`` (B,) or paired ``noise``."""
+from genflow.runtime.base import SingleProcess
+from genflow.runtime.rows import Batch
 
 
 def check_batch_size(batch_size: int, images: int) -> None:
@@ -128,8 +127,6 @@ class StreamedBatches:
 
     def __init__(self, files: ImageFiles, data: Mapping[str, Tensor], batch_size: int, seed: int, flip: bool = False,
                  workers: int | None = None, runtime=None) -> None:  # fmt: skip
-        from genflow.train.runtime import SingleProcess
-
         self.files, self.data = files, dict(data)
         self.order = DataOrder(len(files), batch_size, seed, flip)
         self.workers = default_workers() if workers is None else workers

@@ -27,21 +27,23 @@ from typing import Self
 import torch
 from torch import Tensor, nn
 
-import genflow
 from genflow.config import TrainConfig
+from genflow.data.image_files import save_samples
 from genflow.errors import GenflowError, TrainingDiverged, TrainingInterrupted
-from genflow.image_files import save_samples
 from genflow.nn import Preconditioner, UNetConfig
 from genflow.processes import GaussianProcess
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs.checkpoint import CHECKPOINTS, Checkpoint, describe_latest, latest_name, write_checkpoint
 from genflow.runs.files import EMA_WEIGHTS, METRICS, RAW_WEIGHTS, SAMPLES, MetricsLog
+from genflow.runtime.base import Runtime
+from genflow.runtime.rows import batch_rows
+from genflow.sampling.sample import SamplingStats, sample
+from genflow.solvers import SOLVERS
 from genflow.solvers.guidance import class_rows
 from genflow.storage import load_matching, save_weights
 from genflow.train.batches import TrainingData
 from genflow.train.objective import Objective
-from genflow.train.runtime import Runtime
-from genflow.train.state import TrainingState, batch_rows
+from genflow.train.state import TrainingState
 
 GRID_SAMPLES = 64
 GRID_PER_CLASS = 8
@@ -306,15 +308,15 @@ class Trainer:
             return
         process = self.setup.process
         name, sample_steps = self.config.own_sampler(process.default_solver)
-        solver = genflow.SOLVERS.get(name)
+        solver = SOLVERS.get(name)
         conditioning, columns = self.grid_conditioning()
         count = len(conditioning.get("labels", ())) or GRID_SAMPLES
         last = f"; the last took {self.grid_seconds:.0f} s" if self.grid_seconds else ""
         how = solver.describe_steps(sample_steps, process.default_grid)
         self.reporter.note(f"step {step}: sampling a grid of {count} ({solver.name}, {how}{last})")
-        stats, shape = genflow.SamplingStats(), (count, *self.setup.data.image_shape)
+        stats, shape = SamplingStats(), (count, *self.setup.data.image_shape)
         steps, device = solver.fixed_steps(sample_steps), self.runtime.device
-        images = genflow.sample(self.state.ema, process, shape=shape, solver=name, steps=steps, device=device, stats=stats,
+        images = sample(self.state.ema, process, shape=shape, solver=name, steps=steps, device=device, stats=stats,
                                 **conditioning)  # fmt: skip
         path = save_samples(images, self.run_dir / SAMPLES / f"step-{step:06d}.png", overwrite=True, columns=columns)
         self.grid_seconds = stats.seconds

@@ -12,7 +12,7 @@ from torch import Tensor
 
 from genflow.errors import GenflowError
 from genflow.processes.base import GaussianProcess, Model
-from genflow.train.state import Batch
+from genflow.runtime.rows import Batch
 
 
 class Objective(Protocol):

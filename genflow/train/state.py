@@ -10,7 +10,7 @@ all of it makes a resumed run continue exactly where the interrupted one stopped
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +21,7 @@ from genflow.config import TrainConfig
 from genflow.errors import GenflowError
 from genflow.runs.checkpoint import Checkpoint
 from genflow.storage import all_finite, cpu_state_dict, load_matching
-from genflow.train.batches import Batch, MinibatchStream, StreamedBatches
-
-
-def batch_rows(batch: Mapping[str, Tensor], start: int, stop: int) -> Batch:
-    """Rows ``start:stop`` of every entry of ``batch`` (a process's slice, a micro-batch)."""
-    return {key: values[start:stop] for key, values in batch.items()}
+from genflow.train.batches import MinibatchStream, StreamedBatches
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:

@@ -12,9 +12,9 @@ from torch import Tensor
 from genflow.errors import GenflowError
 from genflow.processes import GaussianProcess, make_process
 from genflow.processes.base import Model
+from genflow.sampling.grids import check_grid, make_grid
 from genflow.solvers import SOLVERS, BoundModel, NoiseSource, SolverSpec
 from genflow.solvers.guidance import FULL_INTERVAL, conditioning
-from genflow.timesteps import check_grid, make_grid
 
 DEFAULT_STEPS = 20
 

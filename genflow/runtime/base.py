@@ -2,7 +2,7 @@
 which slice of the global batch is this process's, and agreeing on what to do next.
 
 :class:`SingleProcess` is the runtime of a plain ``genflow train``. :class:`Distributed`
-(:mod:`genflow.train.distributed`) answers the same questions for the processes of a
+(:mod:`genflow.runtime.distributed`) answers the same questions for the processes of a
 ``torchrun`` or ``accelerate launch`` job with ``torch.distributed``: rank 0 writes and
 decides, each rank takes its slice, gradients are averaged by DDP, flags are all-reduced.
 The training loop and the commands do not change; :func:`runtime_for` picks the runtime
@@ -20,7 +20,7 @@ import torch
 from torch import Tensor, nn
 
 from genflow.errors import GenflowError
-from genflow.train.state import Batch
+from genflow.runtime.rows import Batch
 
 T = TypeVar("T")
 
@@ -128,11 +128,3 @@ def launched_distributed() -> bool:
     return "WORLD_SIZE" in os.environ
 
 
-def runtime_for(device: str) -> Runtime:
-    """The runtime of this process: :class:`Distributed` under ``torchrun`` or ``accelerate
-    launch`` (one process per device), else :class:`SingleProcess` on ``device``."""
-    if not launched_distributed():
-        return SingleProcess(device)
-    from genflow.train.distributed import Distributed
-
-    return Distributed.from_environment(device)

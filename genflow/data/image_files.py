@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from genflow.data import to_uint8, to_unit_interval, uint8_to_unit_range
+from genflow.data.pixels import to_uint8, to_unit_interval, uint8_to_unit_range
 from genflow.errors import GenflowError
 from genflow.storage import atomic_write
 

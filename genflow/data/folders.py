@@ -3,7 +3,7 @@ once, and an image is decoded only when a batch needs it, in ``torch.utils.data`
 processes (:func:`image_loader`), so a folder of 200,000 images trains in bounded memory.
 
 Every image goes through one reader (:meth:`ImageFiles.read`): decoded with PIL, reduced to
-one grey or three colour channels as :func:`genflow.data.image_pixels` says, then, with a
+one grey or three colour channels as :func:`genflow.data.pixels.image_pixels` says, then, with a
 ``resolution``, resized so its shorter side is ``resolution`` and center-cropped to a square
 the way guided-diffusion prepares ImageNet (Dhariwal & Nichol 2021, ``center_crop_arr``:
 box-filter halvings while the image is at least twice the target, then bicubic). The
@@ -29,7 +29,7 @@ import torch
 from torch import Tensor
 
 from genflow.config import BAD_IMAGES
-from genflow.data import GREY_MODES, IMAGE_SUFFIXES, SIXTEEN_BIT_MODES, Dataset, folder_classes, image_pixels
+from genflow.data.pixels import IMAGE_SUFFIXES, Dataset, folder_classes, is_grey_mode, read_pixels
 from genflow.errors import GenflowError
 
 NAMED_BAD_IMAGES = 3
@@ -79,40 +79,6 @@ class ImageFiles(torch.utils.data.Dataset):
         for file in self.files:
             digest.update(f"{file.relative_to(self.root)}\0{file.stat().st_size}\n".encode())
         return digest.hexdigest()
-
-
-def read_pixels(file: Path, resolution: int | None = None) -> np.ndarray:
-    """One image file as uint8 ``(H, W, 1)`` or ``(H, W, 3)``, resized and cropped to
-    ``resolution`` when given."""
-    from PIL import Image
-
-    try:
-        with Image.open(file) as image:
-            pixels = image_pixels(image)
-    except (OSError, ValueError, Image.DecompressionBombError) as error:  # ValueError: a mode PIL cannot convert
-        raise GenflowError(f"cannot read image {file}: {error}") from None
-    if resolution is None:
-        return pixels
-    cropped = center_crop(Image.fromarray(pixels[..., 0] if pixels.shape[2] == 1 else pixels), resolution)
-    return np.asarray(cropped).reshape(resolution, resolution, pixels.shape[2])
-
-
-def center_crop(image, resolution: int):
-    """``image`` resized so its shorter side is ``resolution``, then its central square
-    (guided-diffusion's ``center_crop_arr``: BOX halvings while at least twice the target,
-    then BICUBIC, so a large image is not aliased)."""
-    from PIL import Image
-
-    while min(*image.size) >= 2 * resolution:
-        image = image.resize(tuple(x // 2 for x in image.size), resample=Image.Resampling.BOX)
-    scale = resolution / min(*image.size)
-    image = image.resize(tuple(round(x * scale) for x in image.size), resample=Image.Resampling.BICUBIC)
-    left, top = (image.size[0] - resolution) // 2, (image.size[1] - resolution) // 2
-    return image.crop((left, top, left + resolution, top + resolution))
-
-
-def is_grey_mode(mode: str) -> bool:
-    return mode in GREY_MODES or mode in SIXTEEN_BIT_MODES
 
 
 def image_file_paths(path: Path) -> list[Path]:

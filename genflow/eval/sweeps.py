@@ -9,9 +9,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, TextIO, TypeVar
 
-import genflow
-from genflow import api
 from genflow.errors import GenflowError, IncompatibleError
+from genflow.eval.scoring import evaluate_run
+from genflow.runs.loaded import LoadedRun, load
+from genflow.solvers import SOLVERS
 from genflow.solvers.guidance import check_guidance
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str |
               out: Path, overwrite: bool, progress: TextIO | None = None, guidances: Sequence[float] = (1.0,),
               metric: str | None = None, inception_weights: str | Path | None = None) -> list[dict]:  # fmt: skip
     """Evaluate every combination (``n`` None: the most the data allows, per run) with ``metric``
-    (:func:`genflow.evaluation.choose_metric`: the digits classifier, or FID with Inception
+    (:func:`genflow.eval.scoring.choose_metric`: the digits classifier, or FID with Inception
     weights); solvers a process cannot use, and guidance other than 1 for an unconditional run,
     are reported and skipped."""
     targets = [out / name for name in ("sweep.csv", "sweep.jsonl", "sweep.png")]
@@ -46,7 +47,7 @@ def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str |
         raise GenflowError(f"{out} already holds a sweep; choose another --out or pass --overwrite")
     for guidance in guidances:
         check_guidance(guidance)
-    loaded_runs = [api.load(run, device) for run in runs]  # every run validated before any work
+    loaded_runs = [load(run, device) for run in runs]  # every run validated before any work
     rows = []
     for loaded in loaded_runs:
         usable = usable_guidances(loaded, guidances, progress)
@@ -58,7 +59,7 @@ def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str |
     return rows
 
 
-def usable_guidances(loaded: api.LoadedRun, guidances: Sequence[float], progress: TextIO | None) -> list[float]:
+def usable_guidances(loaded: LoadedRun, guidances: Sequence[float], progress: TextIO | None) -> list[float]:
     """The guidance scales a run can sample: all for a conditional run, only 1 for an
     unconditional one (the others reported as skipped)."""
     if loaded.classes is not None:
@@ -69,16 +70,16 @@ def usable_guidances(loaded: api.LoadedRun, guidances: Sequence[float], progress
     return [1.0] if len(skipped) < len(guidances) else []
 
 
-def sweep_solver(loaded: api.LoadedRun, solver: str, guidances: Sequence[float], steps: list[int], grid: str | None,
+def sweep_solver(loaded: LoadedRun, solver: str, guidances: Sequence[float], steps: list[int], grid: str | None,
                  n: int | None, seed: int, progress: TextIO | None, scoring: dict | None = None) -> list[dict]:  # fmt: skip
     """The rows of one run and solver at every guidance and step count; none, with a note, when
     the run's process cannot use the solver. An adaptive solver runs once, at its own steps."""
-    counts = dict.fromkeys(genflow.SOLVERS.get(solver).fixed_steps(k) for k in steps)
+    counts = dict.fromkeys(SOLVERS.get(solver).fixed_steps(k) for k in steps)
     rows = []
     for guidance in guidances:
         for count in counts:
             try:
-                result = api.evaluate_run(loaded, n, solver, count, grid, seed, guidance=guidance, **(scoring or {}))
+                result = evaluate_run(loaded, n, solver, count, grid, seed, guidance=guidance, **(scoring or {}))
             except IncompatibleError as error:
                 note(progress, f"skipped {loaded.path} / {solver}: {error}")
                 return []
@@ -150,7 +151,7 @@ def line_styles(rows: list[dict]) -> Callable[[str, str, float], dict]:
     palette = colormaps["tab10"]
     runs = list(dict.fromkeys(r["run"] for r in rows))
     guidances = sorted({r["guidance"] for r in rows})
-    solvers = genflow.SOLVERS.names()
+    solvers = SOLVERS.names()
     return lambda run, solver, guidance: {
         "color": palette(solvers.index(solver) % palette.N) if solver in solvers else "black",
         "linestyle": RUN_STYLES[runs.index(run) % len(RUN_STYLES)],

@@ -3,7 +3,7 @@ distillation (Liu, Gong & Liu 2022, "Flow straight and fast"), and the straightn
 shows them work.
 
 - :func:`reflow`: integrate the teacher's ODE from N seeded noises, store the (noise, sample)
-  pairs in the new run (:mod:`genflow.pairs`), and train a ``rectified-flow`` student on them
+  pairs in the new run (:mod:`genflow.data.pairs`), and train a ``rectified-flow`` student on them
   (objective ``reflow``), from the teacher's weights when the teacher is rectified flow.
 - :func:`distill`: a K-step student trained on a reflow run's pairs (objective ``distill``),
   from that run's weights.
@@ -21,15 +21,19 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import genflow
 from genflow.config import TrainConfig, capped_warmup, merge_values
+from genflow.data.pairs import Manifest, check_plan, generate, read_manifest, write_manifest
 from genflow.errors import GenflowError
-from genflow.pairs import Manifest, check_plan, generate, read_manifest, write_manifest
 from genflow.processes.base import GaussianProcess, Model
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs import files
-from genflow.solvers.base import BoundModel
+from genflow.runs.loaded import LoadedRun, load
+from genflow.sampling.grids import make_grid
+from genflow.sampling.sample import SamplingStats, sample
+from genflow.solvers import SOLVERS
+from genflow.solvers.base import BoundModel, NoiseSource
 from genflow.storage import sha256_file
+from genflow.train.session import train
 
 PAIRS_FOLDER = "pairs"
 STRAIGHTNESS_PATHS = 256
@@ -39,7 +43,7 @@ DEFAULT_SOLVER, DEFAULT_STEPS = "dpm++2m", 40
 converged ODE on the digits' backbones (``benchmarks/results/solvers-*.md``)."""
 
 
-def teacher_record(loaded: Any) -> dict[str, Any]:
+def teacher_record(loaded: LoadedRun) -> dict[str, Any]:
     """What identifies a teacher in its pairs' manifest: its run, process, and the weights file
     it was loaded from (an unfinished teacher's newest checkpoint) with its sha256 and step."""
     _, source, step = files.ema_weights(loaded.path, loaded.config["train"]["steps"])
@@ -52,11 +56,11 @@ def teacher_record(loaded: Any) -> dict[str, Any]:
     }
 
 
-def check_teacher(loaded: Any, solver: str, solver_options: dict) -> None:
+def check_teacher(loaded: LoadedRun, solver: str, solver_options: dict) -> None:
     """A teacher needs an unconditional model and a solver of its probability-flow ODE."""
     if loaded.classes is not None:
         raise GenflowError("reflow of a class-conditional teacher is not supported yet; use an unconditional run")
-    spec = genflow.SOLVERS.get(solver)
+    spec = SOLVERS.get(solver)
     options = spec.resolve_options(solver_options)
     spec.check_process(loaded.process, options)
     if spec.injects_noise(options):
@@ -66,12 +70,12 @@ def check_teacher(loaded: Any, solver: str, solver_options: dict) -> None:
         )
 
 
-def pair_plan(loaded: Any, count: int, solver: str, steps: int | None, seed: int, batch_size: int | None) -> Manifest:
+def pair_plan(loaded: LoadedRun, count: int, solver: str, steps: int | None, seed: int, batch_size: int | None) -> Manifest:
     """The pairs to make, every setting checked (the solver's grid included) before any file is written."""
-    spec = genflow.SOLVERS.get(solver)
+    spec = SOLVERS.get(solver)
     steps = spec.fixed_steps(steps if steps is not None else DEFAULT_STEPS)
     if steps is not None:
-        genflow.make_grid(loaded.process.default_grid, steps, loaded.process)
+        make_grid(loaded.process.default_grid, steps, loaded.process)
     if batch_size is not None and batch_size < 1:
         raise GenflowError(f"--sample-batch-size must be >= 1, not {batch_size}")
     config = loaded.model.config
@@ -80,13 +84,13 @@ def pair_plan(loaded: Any, count: int, solver: str, steps: int | None, seed: int
                     shape=[config.channels, config.resolution, config.resolution], batch_size=batch_size)  # fmt: skip
 
 
-def make_pairs(loaded: Any, folder: Path, plan: Manifest, reporter: Reporter, **solver_options: float | str) -> Manifest:
+def make_pairs(loaded: LoadedRun, folder: Path, plan: Manifest, reporter: Reporter, **solver_options: float | str) -> Manifest:
     """Make (or finish) the planned pairs of the loaded teacher in ``folder``."""
-    stats = genflow.SamplingStats()
+    stats = SamplingStats()
     steps = plan.steps or None
 
     def integrate(seeds: range) -> Tensor:
-        return genflow.sample(loaded.model, loaded.process, shape=(len(seeds), *plan.shape), solver=plan.solver, steps=steps,
+        return sample(loaded.model, loaded.process, shape=(len(seeds), *plan.shape), solver=plan.solver, steps=steps,
                               seed=list(seeds), batch_size=plan.batch_size, stats=stats, **solver_options)  # fmt: skip
 
     manifest = generate(folder, plan, integrate)
@@ -96,7 +100,7 @@ def make_pairs(loaded: Any, folder: Path, plan: Manifest, reporter: Reporter, **
     return manifest
 
 
-def student_config(teacher: Any, pairs: Path, init: str, overrides: dict[str, Any]) -> TrainConfig:
+def student_config(teacher: LoadedRun, pairs: Path, init: str, overrides: dict[str, Any]) -> TrainConfig:
     """The student's config: the teacher's training settings and backbone, rectified flow on
     the pairs, started from the teacher's weights when ``init`` says so."""
     saved = files.RunFiles(teacher.path, teacher.config).train_config()
@@ -135,14 +139,12 @@ def reflow(
     """Make ``pairs`` (noise, sample) pairs of ``teacher``'s ODE in ``out/pairs`` and train a
     rectified-flow student on them in ``out``; ``resume`` finishes the pairs, then the training.
     ``overrides`` are training config values (``steps``, ``batch_size``, ``lr``, ...)."""
-    from genflow import api
-
     reporter = reporter or SilentReporter()
     if pairs < 1:
         raise GenflowError(f"--pairs must be >= 1, not {pairs}")
     if init not in ("auto", "teacher", "scratch"):
         raise GenflowError(f"--init must be auto, teacher or scratch, not {init!r}")
-    loaded = api.load(teacher, device="auto")
+    loaded = load(teacher, device="auto")
     check_distinct(out, loaded.path)
     check_teacher(loaded, solver, solver_options)
     plan = pair_plan(loaded, pairs, solver, steps, seed, batch_size)
@@ -152,14 +154,14 @@ def reflow(
     if resume:
         check_same_pairs(out / PAIRS_FOLDER, plan)
         if (out / files.CONFIG).is_file():
-            return api.resume(out, overrides or {}, reporter)
+            return resume(out, overrides or {}, reporter)
     else:
         files.new_run_dir(out, "rectified-flow", overwrite)
         files.clear_run(out)
         shutil.rmtree(out / PAIRS_FOLDER, ignore_errors=True)  # --overwrite: another run's pairs go too
     manifest = make_pairs(loaded, out / PAIRS_FOLDER, plan, reporter, **solver_options)
     reporter.note(f"{manifest.count} pairs: {manifest.solver}, {manifest.steps} steps, NFE {manifest.nfe:g}, {manifest.seconds:.1f} s")
-    return api.train(student, out, overwrite=True, reporter=reporter)
+    return train(student, out, overwrite=True, reporter=reporter)
 
 
 def check_same_pairs(folder: Path, plan: Manifest) -> None:
@@ -180,8 +182,6 @@ def distill(
     reporter: Reporter | None = None,
 ) -> Path:  # fmt: skip
     """Train a ``steps_out``-step rectified-flow student on the reflow pairs of ``run``, from its weights."""
-    from genflow import api
-
     run_files = files.read_run(files.resolve_run(run))
     check_distinct(out, run_files.path)
     saved = run_files.train_config()
@@ -191,7 +191,7 @@ def distill(
         raise GenflowError(f"{saved.pairs} holds no reflow pairs (no manifest); make them again with 'genflow reflow'")
     values = saved.to_dict() | {"objective": "distill", "steps_out": steps_out, "init_from": str(run_files.path.resolve())}
     config = capped_warmup(TrainConfig.from_dict(merge_values(values, overrides or {}), source="genflow distill").validate())
-    return api.train(config, out, overwrite=overwrite, reporter=reporter)
+    return train(config, out, overwrite=overwrite, reporter=reporter)
 
 
 @torch.no_grad()
@@ -209,7 +209,7 @@ def straightness(
     total = 0.0
     for start in range(0, n, batch_size):
         seeds = range(seed + start, seed + min(n, start + batch_size))
-        x1 = process.prior_std * genflow.NoiseSource(list(seeds), device)(sample_shape)
+        x1 = process.prior_std * NoiseSource(list(seeds), device)(sample_shape)
         wide = torch.float32 if device.type == "mps" else torch.float64  # mps has no float64
         bound, x, energy = BoundModel(model, process), x1.clone(), torch.zeros(len(seeds), dtype=wide, device=device)
         for t, s in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
@@ -220,7 +220,7 @@ def straightness(
     return total / (n * int(torch.tensor(sample_shape).prod()))
 
 
-def straightness_of_run(loaded: Any, n: int, steps: int = 100, seed: int = 0, batch_size: int | None = None) -> float:
+def straightness_of_run(loaded: LoadedRun, n: int, steps: int = 100, seed: int = 0, batch_size: int | None = None) -> float:
     """:func:`straightness` of a loaded run's model with ``n`` trajectories."""
     config = loaded.model.config
     return straightness(loaded.model, loaded.process, (n, config.channels, config.resolution, config.resolution), steps, seed, batch_size)

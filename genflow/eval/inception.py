@@ -38,7 +38,7 @@ import torch
 from torch import Tensor, nn
 
 from genflow.errors import GenflowError
-from genflow.metrics import frechet_from_moments, kernel_distance
+from genflow.eval.metrics import frechet_from_moments, kernel_distance
 from genflow.storage import atomic_write
 
 INCEPTION_ENV = "GENFLOW_INCEPTION_WEIGHTS"
@@ -181,7 +181,7 @@ def checked_state_dict(path: Path, state: dict[str, Tensor]) -> dict[str, Tensor
 def as_uint8_rgb(images: Tensor) -> Tensor:
     """uint8 NCHW with 3 channels: genflow's float images in [-1, 1] are quantized as a PNG
     would be, and 1-channel images repeated to 3 channels."""
-    from genflow.data import to_uint8
+    from genflow.data.pixels import to_uint8
 
     if images.ndim != 4 or images.shape[1] not in (1, 3):
         raise GenflowError(f"Inception-v3 scores NCHW images with 1 or 3 channels, not shape {tuple(images.shape)}")
@@ -194,7 +194,7 @@ def inception_features(
     model: InceptionFeatures, images: Tensor, batch_size: int = 200, device: str | torch.device | None = None
 ) -> Tensor:
     """Float64 (N, 2048) features of NCHW ``images``: floats in [-1, 1] (converted with
-    :func:`genflow.data.to_uint8`) or uint8, of any size (resized to 299x299 inside), 1-channel
+    :func:`genflow.data.pixels.to_uint8`) or uint8, of any size (resized to 299x299 inside), 1-channel
     images repeated to 3 channels. ``device``: where the network runs (default: where it is)."""
     if device is not None:
         model.to(device)

@@ -22,8 +22,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
 from genflow.errors import GenflowError, SharedError
-from genflow.train.runtime import LAUNCHER_VARIABLES
-from genflow.train.state import Batch, batch_rows
+from genflow.runtime.base import LAUNCHER_VARIABLES
+from genflow.runtime.rows import Batch, batch_rows
 
 T = TypeVar("T")
 MAIN = 0

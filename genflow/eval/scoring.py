@@ -1,7 +1,7 @@
 """Scoring: a run's samples or a samples file against the real data in a classifier's feature
-space (:mod:`genflow.metrics`) or as FID/KID in the standard Inception-v3 feature space
-(:mod:`genflow.inception`), and a run's negative log-likelihood through its probability-flow ODE
-(:mod:`genflow.likelihood`)."""
+space (:mod:`genflow.eval.metrics`) or as FID/KID in the standard Inception-v3 feature space
+(:mod:`genflow.eval.inception`), and a run's negative log-likelihood through its probability-flow ODE
+(:mod:`genflow.sampling.likelihood`)."""
 
 from __future__ import annotations
 
@@ -10,24 +10,37 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor, nn
 
-import genflow
 from genflow.config import TrainConfig
-from genflow.data import DATASETS, Dataset, load_dataset, load_labelled_dataset, load_pixels
+from genflow.data.datasets import DATASETS, load_dataset, load_labelled_dataset, load_pixels
+from genflow.data.folders import ImageFiles, default_workers, image_loader, scan_folder
+from genflow.data.image_files import read_samples_file
+from genflow.data.pixels import Dataset
 from genflow.errors import GenflowError
-from genflow.image_files import read_samples_file
+from genflow.eval.inception import (
+    INCEPTION_ENV,
+    PAPER_SAMPLES,
+    InceptionFeatures,
+    ReferenceStats,
+    fid_scores,
+    inception_features,
+    inception_weights_path,
+    load_inception,
+    reference_statistics,
+)
+from genflow.eval.metrics import check_class_counts, check_sample_count, evaluate, evaluate_classes, load_digits_classifier
 from genflow.processes import GaussianProcess
-from genflow.solvers.guidance import balanced_labels, parse_classes
-
-if TYPE_CHECKING:
-    from genflow.api import LoadedRun
-    from genflow.folders import ImageFiles
-    from genflow.inception import InceptionFeatures, ReferenceStats
-    from genflow.sampling import SamplingStats
+from genflow.runs.files import data_fingerprint
+from genflow.runs.loaded import LoadedRun, check_conditioning, sample_run
+from genflow.runtime.base import Runtime, pick_device
+from genflow.sampling.likelihood import bits_per_dim, dequantize, log_likelihood
+from genflow.sampling.sample import SamplingStats
+from genflow.sampling.sample import sample as sample_model
+from genflow.solvers import SOLVERS
+from genflow.solvers.guidance import FULL_INTERVAL, balanced_labels, parse_classes
 
 METRICS = ("classifier", "fid")
 CLASSIFIER_DATASETS = ("digits",)
@@ -37,8 +50,6 @@ REFERENCE_BATCH = 200
 @functools.cache
 def feature_classifier(dataset: str) -> nn.Module:
     """The shipped digits classifier (loaded once); other datasets have none yet."""
-    from genflow.metrics import load_digits_classifier
-
     if dataset != "digits":
         raise GenflowError(
             "genflow eval ships a feature classifier for the digits only; score other data with "
@@ -50,8 +61,6 @@ def feature_classifier(dataset: str) -> nn.Module:
 def score(images: Tensor, real: Tensor, dataset: str, seed: int = 0) -> dict[str, float]:
     """Frechet distance, KID (each with its real-data floor), precision, recall and
     memorization of ``images`` against ``real``, in the feature space of ``dataset``'s classifier."""
-    from genflow.metrics import evaluate
-
     return evaluate(images.cpu(), real, feature_classifier(dataset), seed=seed).to_dict()
 
 
@@ -83,8 +92,6 @@ def plan_evaluation(
     labels; default all of ``class_names``) evenly, against the real images of those classes;
     ``n`` defaults to the most that leaves each class at most half its real images. Every
     count is checked here, before sampling."""
-    from genflow.metrics import check_class_counts, check_sample_count
-
     if class_names is None:
         n = len(data.images) // 2 if n is None else n
         check_sample_count(n, len(data.images))
@@ -111,10 +118,8 @@ def chosen_classes(class_names: Sequence[str], classes: str | Sequence[int] | No
 
 
 def class_scores(images: Tensor, plan: EvalPlan, dataset: str, seed: int = 0) -> dict:
-    """Class agreement and per-class Frechet distance with floors (:func:`genflow.metrics.evaluate_classes`)
+    """Class agreement and per-class Frechet distance with floors (:func:`genflow.eval.metrics.evaluate_classes`)
     of a conditional run's samples made as ``plan`` says."""
-    from genflow.metrics import evaluate_classes
-
     labels = torch.tensor(plan.labels)
     report = evaluate_classes(images.cpu(), labels, plan.real, plan.real_labels, feature_classifier(dataset), plan.names, seed)
     return report.to_dict()
@@ -123,8 +128,6 @@ def class_scores(images: Tensor, plan: EvalPlan, dataset: str, seed: int = 0) ->
 def negative_log_likelihood(loaded: LoadedRun, n: int, seed: int = 0, steps: int = 0) -> dict:
     """Bits per dimension of ``n`` real images, uniformly dequantized at the data's levels;
     adaptive dopri5 when ``steps`` is 0, else ``steps`` Heun steps."""
-    from genflow.likelihood import bits_per_dim, dequantize, log_likelihood
-
     dataset, data = run_dataset(loaded)
     real = data.images
     levels = 17 if dataset == "digits" else 256
@@ -145,8 +148,6 @@ def evaluate_samples_file(
     """Score images made by any program against ``dataset`` (its files under ``data_dir``, at
     ``resolution``): with the digits classifier, floors included, or as FID/KID (``metric``; see
     :func:`choose_metric`; Inception runs on ``device``)."""
-    from genflow.metrics import check_sample_count
-
     if choose_metric(metric, dataset, inception_weights) == "fid":
         return fid_of_samples_file(path, dataset, inception_weights, seed, device, data_dir, resolution)
     feature_classifier(dataset)
@@ -161,8 +162,6 @@ def evaluate_samples_file(
 def choose_metric(metric: str | None, dataset: str, inception_weights: str | Path | None) -> str:
     """``metric`` when given; else ``fid`` when Inception weights are named by ``--inception-weights``,
     or by the environment variable for data without a shipped classifier; else ``classifier``."""
-    from genflow.inception import INCEPTION_ENV
-
     if metric is not None:
         if metric not in METRICS:
             raise GenflowError(f"unknown metric {metric!r}; use {' or '.join(METRICS)}")
@@ -176,18 +175,12 @@ def reference_for_dataset(
     name: str, data_dir: str | Path | None, model: InceptionFeatures, resolution: int | None = None, bad_images: str = "error"
 ) -> ReferenceStats:
     """The Inception statistics of every image of dataset ``name`` at ``resolution`` (cached per
-    data fingerprint and weights; :func:`genflow.inception.reference_statistics`): the one place
+    data fingerprint and weights; :func:`genflow.eval.inception.reference_statistics`): the one place
     FID reads real data. An image folder streams from its files in worker processes, whatever
     its size; other datasets are read into memory as uint8."""
-    from genflow.inception import reference_statistics
-
     if name not in DATASETS and Path(name).is_dir():
-        from genflow.folders import scan_folder
-
         files = scan_folder(Path(name), resolution, bad_images)
         return reference_statistics(name, files.fingerprint(), functools.partial(folder_batches, files), len(files), model)
-    from genflow.runs.files import data_fingerprint
-
     images = load_pixels(name, data_dir, resolution).images
 
     def batches() -> Iterator[Tensor]:
@@ -198,8 +191,6 @@ def reference_for_dataset(
 
 def folder_batches(files: ImageFiles) -> Iterator[Tensor]:
     """Every image of ``files`` in order, uint8, in batches decoded by worker processes."""
-    from genflow.folders import default_workers, image_loader
-
     starts = range(0, len(files), REFERENCE_BATCH)
     index_lists = iter([list(range(start, min(start + REFERENCE_BATCH, len(files)))) for start in starts])
     for _, images, problems in image_loader(files, index_lists, default_workers()):
@@ -211,9 +202,7 @@ def folder_batches(files: ImageFiles) -> Iterator[Tensor]:
 def fid_report(
     images: Tensor, model: InceptionFeatures, reference: ReferenceStats, seed: int, device: torch.device | str
 ) -> dict:
-    """FID and KID of ``images`` (NCHW in [-1, 1]) against ``reference`` (:func:`genflow.inception.fid_scores`)."""
-    from genflow.inception import fid_scores, inception_features
-
+    """FID and KID of ``images`` (NCHW in [-1, 1]) against ``reference`` (:func:`genflow.eval.inception.fid_scores`)."""
     return {"metric": "fid"} | fid_scores(inception_features(model, images, device=device), reference, seed)
 
 
@@ -232,9 +221,6 @@ def fid_of_samples_file(
     """FID/KID of the images in ``path`` (any size; 1 or 3 channels) against all of ``dataset``
     (its files under ``data_dir``, at ``resolution``); Inception runs on ``device`` (``auto``:
     CUDA, then MPS, then the CPU)."""
-    from genflow.inception import inception_weights_path, load_inception
-    from genflow.train.runtime import pick_device
-
     model = load_inception(inception_weights_path(inception_weights)).to(pick_device(device))
     images = read_samples_file(path)
     check_fid_input(images.shape[1], len(images), str(path))
@@ -256,8 +242,6 @@ def fid_of_run(
     cover all its classes evenly; ``classes`` is refused, because FID against one class's few
     real images is not the FID papers report. ``None`` on the processes of a distributed run
     other than the main one (every process samples its share of each chunk)."""
-    from genflow.inception import PAPER_SAMPLES, fid_scores, inception_features, inception_weights_path, load_inception
-
     if classes is not None:
         raise GenflowError("--metric fid scores samples of every class against all the real data; drop --class")
     n = PAPER_SAMPLES if n is None else n
@@ -281,8 +265,6 @@ def fid_of_run(
 
 def combined(costs: Sequence[tuple[SamplingStats, int]]) -> SamplingStats:
     """The stats of samples made in parts ``(stats, count)``: the seconds summed, the NFE per sample averaged."""
-    from genflow.sampling import SamplingStats
-
     first, count = costs[0][0], sum(part for _, part in costs)
     nfe = sum(stats.nfe * part for stats, part in costs) / count
     return SamplingStats(first.solver, first.grid, first.steps, nfe, sum(stats.seconds for stats, _ in costs))
@@ -304,14 +286,12 @@ def training_evaluator(
     Frechet distance (and its floor) in the digits classifier's features against ``real()``. A
     conditional run's samples cover its ``num_classes`` classes evenly (guidance 1). Missing
     weights or a dataset without a classifier are refused here, before training."""
-    from genflow.metrics import check_sample_count
-
     def samples(ema: nn.Module) -> Tensor:
         solver, sample_steps = config.own_sampler(process.default_solver)
-        steps = genflow.SOLVERS.get(solver).fixed_steps(sample_steps)
+        steps = SOLVERS.get(solver).fixed_steps(sample_steps)
         labels = balanced_labels(config.eval_n, num_classes)
         shape = (config.eval_n, *image_shape)
-        return genflow.sample(ema, process, shape=shape, solver=solver, steps=steps, seed=0, device=device, labels=labels)
+        return sample_model(ema, process, shape=shape, solver=solver, steps=steps, seed=0, device=device, labels=labels)
 
     if choose_metric(None, config.dataset, config.inception_weights) == "fid":
         return inception_evaluator(config, image_shape, device, samples)
@@ -332,8 +312,6 @@ def inception_evaluator(
     """FID and KID of ``samples(ema)`` against the run's data, for ``--eval-every``; the weights are
     checked and the reference statistics computed (or read from the cache) now, before training, so
     no process of a distributed run waits on them inside the loop."""
-    from genflow.inception import fid_scores, inception_features, inception_weights_path, load_inception
-
     model = load_inception(inception_weights_path(config.inception_weights)).to(device)
     check_fid_input(image_shape[0], config.eval_n, "eval_n")
     reference = reference_for_dataset(config.dataset, config.data_dir, model, config.resolution, config.bad_images)
@@ -343,3 +321,56 @@ def inception_evaluator(
         return {"fid": result["fid"], "kid": result["kid"]}
 
     return scores
+
+
+def check_data_shape(loaded: LoadedRun, dataset: str, images: Tensor) -> None:
+    """Refuse to score a run against data of another shape (an imported model's, for one)."""
+    config = loaded.model.config
+    made, real = (config.channels, config.resolution, config.resolution), tuple(images.shape[1:])
+    if made != real:
+        made_text, real_text = ("x".join(map(str, dims)) for dims in (made, real))
+        raise GenflowError(
+            f"{loaded.path} makes {made_text} images and {dataset} holds {real_text}; score its samples against data of "
+            "their shape with 'genflow sample RUN --out FILE.npz' and 'genflow eval --samples FILE.npz --dataset NAME'"
+        )
+
+
+def evaluate_run(loaded: LoadedRun, n: int | None = None, solver: str | None = None, steps: int | None = None,
+                 grid: str | None = None, seed: int = 0, batch_size: int | None = None,
+                 classes: str | Sequence[int] | None = None, guidance: float = 1.0,
+                 guidance_interval: Sequence[float] = FULL_INTERVAL, runtime: Runtime | None = None,
+                 metric: str | None = None, inception_weights: str | Path | None = None,
+                 **solver_options: float | str) -> dict | None:  # fmt: skip
+    """Sample ``n`` images and score them against the real data, floors included (``n``
+    defaults to the most the data allows). A conditional run's samples cover ``classes``
+    (``--class`` text or labels; default all) evenly at ``guidance``, and are scored against
+    the real images of those classes, with class agreement and per-class Frechet distance
+    beside per-class floors added (:func:`genflow.eval.scoring.plan_evaluation`). Classes or
+    guidance for an unconditional run, and counts the scores cannot use, are refused before
+    the real data is loaded or anything sampled. Under a distributed ``runtime`` every process
+    samples its share and the main process scores them; the others get ``None``.
+
+    ``metric`` ``fid`` (:func:`genflow.eval.scoring.choose_metric` picks when ``None``) scores FID
+    and KID in Inception-v3 features instead, with the weights file ``inception_weights``
+    (:func:`genflow.eval.scoring.fid_of_run`)."""
+    conditional = loaded.classes is not None
+    labelled = [] if conditional or classes is not None else None  # eval labels every sample of a conditional run
+    check_conditioning(loaded, labelled, guidance, guidance_interval)
+    guided = {"guidance": guidance, "guidance_interval": list(guidance_interval)} if conditional else {}
+    if choose_metric(metric, loaded.config["train"]["dataset"], inception_weights) == "fid":
+        sample = functools.partial(sample_run, loaded, solver=solver, steps=steps, grid=grid, seed=seed, batch_size=batch_size,
+                                   guidance=guidance, guidance_interval=guidance_interval, runtime=runtime, **solver_options)  # fmt: skip
+        result = fid_of_run(loaded, n, classes, seed, inception_weights, sample)
+        return None if result is None else result | guided
+    feature_classifier(loaded.config["train"]["dataset"])  # refuses a dataset without one before loading or sampling
+    dataset, data = run_dataset(loaded)
+    check_data_shape(loaded, dataset, data.images)
+    plan = plan_evaluation(data, loaded.classes, n, classes)
+    images, stats = sample_run(loaded, plan.n, solver, steps, grid, seed, batch_size, plan.labels, guidance, guidance_interval,
+                               runtime, **solver_options)  # fmt: skip
+    if images is None:
+        return None
+    result = sampling_fields(stats) | score(images, plan.real, dataset, seed)
+    if conditional:
+        result |= guided | class_scores(images, plan, dataset, seed)
+    return result
