@@ -108,6 +108,7 @@ def test_existing_output_is_kept_unless_overwrite(run_dir, tmp_path):
     assert out.read_bytes() != b"precious"
 
 
+@pytest.mark.slow
 def test_subprocess_train_latest_sample_and_errors(preset, tmp_path):
     trained = run_genflow("train", "--config", preset, "--steps", "5", "--sample-every", "0", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr
@@ -157,7 +158,10 @@ def test_ctrl_c_outside_training_exits_130_without_a_traceback(run_dir, monkeypa
     assert result.exit_code == 130 and result.stderr.strip() == "genflow: interrupted", result.output
 
 
-def test_sample_and_info_name_the_run_and_the_checkpoint_of_an_unfinished_run(run_dir, tmp_path):
+def test_sample_and_info_name_the_run_and_the_checkpoint_of_an_unfinished_run(run_dir, tmp_path, monkeypatch):
+    from genflow.cli.core import out_console
+
+    monkeypatch.setattr(out_console, "width", 200)  # info's table folds cells at 80 columns: pytest-xdist's paths are longer
     unfinished = Path(shutil.copytree(run_dir, tmp_path / "unfinished"))
     (unfinished / "ema.safetensors").unlink()
     (unfinished / "model.safetensors").unlink()
@@ -174,6 +178,7 @@ def test_an_adaptive_solver_says_so(run_dir, tmp_path):
     assert "dopri5 on rectified-flow, adaptive steps, NFE" in sampled.stdout
 
 
+@pytest.mark.slow
 def test_the_shell_sweep_example_scores_every_point_and_cleans_up(run_dir, tmp_path):
     """examples/sweep.sh: sample and score in a shell loop; its temporary samples are removed."""
     scratch = tmp_path / "tmp"

@@ -11,7 +11,8 @@ import pytest
 from conftest import TINY_MODEL, expect_usage_error, invoke
 
 import genflow
-from genflow import api, evaluation
+from genflow import api
+from genflow.eval import scoring
 from genflow.config import TrainConfig
 
 DIGITS = [str(k) for k in range(10)]
@@ -94,7 +95,7 @@ def test_counts_and_conditioning_are_refused_before_data_or_sampling(conditional
     expect_usage_error(invoke("eval", conditional_run, "--class", "12"), "out of range")
     expect_usage_error(invoke("eval", conditional_run, "--guidance", "-1"), "guidance must be")
     expect_usage_error(invoke("eval", "--samples", "x.npz", "--guidance", "2"), "--samples")
-    monkeypatch.setattr(evaluation, "load_labelled_dataset", never)
+    monkeypatch.setattr(scoring, "load_labelled_dataset", never)
     for flags in (("--class", "3"), ("--guidance", "2")):
         expect_usage_error(invoke("eval", unconditional_run, "--n", 100, *flags), "is unconditional")
 

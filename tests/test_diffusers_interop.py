@@ -154,6 +154,7 @@ def test_diffusers_ddpm_pipeline_on_an_export_samples_as_genflow_ancestral(ddpm_
     assert_same(final_sample(pipeline, prior, step_noise=noise), ours)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("process", "options"), [("rectified-flow", {}), ("cnf", {"sigma_min": 0.05})])
 def test_an_exported_flow_run_samples_in_diffusers_as_genflow_euler(tmp_path, process, options):
     """The custom pipeline file, loaded by diffusers from the export folder in a Python where

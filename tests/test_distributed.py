@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 
 from genflow.runs.checkpoint import CHECKPOINTS, latest_name
 
+pytestmark = pytest.mark.slow  # every test launches torchrun
+
 LAUNCH_TIMEOUT = 240  # seconds; a hang fails the test instead of CI
 FAULTY_TRAIN = Path(__file__).parent / "fixtures" / "faulty_train.py"
 WEIGHT_TOLERANCE = 1e-5

@@ -20,7 +20,7 @@ from conftest import expect_usage_error, invoke
 from PIL import Image
 from torch import nn
 
-from genflow import inception
+from genflow.eval import inception
 from genflow.errors import GenflowError
 from genflow.eval.inception import (
     INCEPTION_ENV,
@@ -299,6 +299,7 @@ def folder_and_samples(tmp_path) -> tuple[Path, Path]:
     return folder, samples
 
 
+@pytest.mark.slow
 def test_eval_samples_file_with_fid(random_weights, folder_and_samples, cache_dir, monkeypatch):
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     folder, samples = folder_and_samples
@@ -340,13 +341,15 @@ def test_torch_fidelity_gets_only_the_verified_tensors(random_weights, monkeypat
     assert len(given) == 1 and isinstance(given[0], io.BytesIO)
 
 
+@pytest.mark.slow
 def test_a_run_on_a_streamed_folder_is_scored_with_fid_in_training_eval_and_sweep(random_weights, cache_dir, tmp_path, monkeypatch):
     """The run-level paths: ``train --eval-every`` logs FID, ``eval RUN --metric fid`` samples in
     chunks that do not change the samples, and ``sweep --metric fid`` tabulates FID."""
     from conftest import TINY_MODEL
     from test_streaming import write_folder
 
-    from genflow import api, evaluation
+    from genflow import api
+    from genflow.eval import scoring
 
     monkeypatch.delenv(INCEPTION_ENV, raising=False)
     folder = write_folder(tmp_path / "images", 12, classes=1)
@@ -363,7 +366,7 @@ def test_a_run_on_a_streamed_folder_is_scored_with_fid_in_training_eval_and_swee
     scores = json.loads(scored.stdout)
     assert (scores["n"], scores["reference_images"], scores["steps"]) == (5, 12, 2)
     loaded = api.load(tmp_path / "run", "cpu")
-    monkeypatch.setattr(evaluation, "FID_CHUNK", 2)  # three chunks of the same per-sample seeds
+    monkeypatch.setattr(scoring, "FID_CHUNK", 2)  # three chunks of the same per-sample seeds
     chunked = api.evaluate_run(loaded, 5, steps=2, metric="fid", inception_weights=random_weights)
     assert chunked["fid"] == pytest.approx(scores["fid"], rel=1e-6) and chunked["nfe"] == scores["nfe"]
 

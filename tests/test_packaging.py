@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds the wheel and runs it from a folder
+
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = {"genflow": "genflow", "cli": "genflow/cli", "configs": "genflow/configs"}
 
@@ -60,6 +62,7 @@ def test_the_wheel_holds_the_package_with_its_cli_and_presets_and_nothing_else(w
 UNPACKED_CHECK = """
 import runpy, sys
 import genflow, genflow.config
+
 print(genflow.__file__, genflow.config.read_preset("ddpm")["process"])
 sys.argv = ["genflow", "list"]
 runpy.run_module("genflow", run_name="__main__")  # python -m genflow list

@@ -156,6 +156,7 @@ exact_pairs(Path({folder!r}), shard_size=512, make=make)
 """
 
 
+@pytest.mark.slow
 def test_pair_generation_killed_resumes_to_the_same_pairs(tmp_path):
     """kill -9 while a shard is in flight loses that shard only; the resumed pairs are those of
     an uninterrupted run; a truncated shard is caught and made again."""

@@ -11,12 +11,15 @@ import time
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every test starts an interpreter
+
 HEAVY = ("torch", "diffusers", "torchvision", "torchdiffeq", "scipy", "sklearn")
 
 PROBE = """
 import json, sys
 from typer.testing import CliRunner
 from genflow.cli import app
+
 codes = [CliRunner().invoke(app, args).exit_code for args in json.loads(sys.argv[1])]
 heavy = sorted({name.split('.')[0] for name in sys.modules} & set(json.loads(sys.argv[2])))
 print(json.dumps({"codes": codes, "heavy": heavy}))

@@ -177,6 +177,7 @@ def test_a_streamed_run_with_random_flips_resumes_across_epochs_to_the_in_memory
     assert (unflipped / "ema.safetensors").read_bytes() != (memory / "ema.safetensors").read_bytes()
 
 
+@pytest.mark.slow
 def test_sigterm_to_the_whole_process_group_saves_a_checkpoint_with_workers(thousands, tmp_path):
     """Slurm and systemd signal every process of the job; the decoding workers must not die of it."""
     import subprocess

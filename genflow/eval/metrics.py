@@ -29,7 +29,7 @@ from torch import Tensor, nn
 from genflow.errors import GenflowError
 from genflow.storage import sha256_file
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # genflow/assets, shipped as package data
 DIGITS_CLASSIFIER = ASSETS / "digits_classifier.safetensors"
 DIGITS_CLASSIFIER_CARD = ASSETS / "digits_classifier.json"
 NEIGHBOURS = 3  # k of the k-NN balls in precision and recall (Kynkaenniemi et al. 2019 use 3)
