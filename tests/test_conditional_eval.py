@@ -12,8 +12,8 @@ from conftest import TINY_MODEL, expect_usage_error, invoke
 
 import genflow
 from genflow import api
-from genflow.eval import scoring
 from genflow.config import TrainConfig
+from genflow.eval import scoring
 
 DIGITS = [str(k) for k in range(10)]
 UNCONDITIONAL_KEYS = {"run", "process", "solver", "grid", "steps", "nfe", "seconds", "n", "fd", "fd_floor", "fd_fresh", "kid",

@@ -20,8 +20,8 @@ from conftest import expect_usage_error, invoke
 from PIL import Image
 from torch import nn
 
-from genflow.eval import inception
 from genflow.errors import GenflowError
+from genflow.eval import inception
 from genflow.eval.inception import (
     INCEPTION_ENV,
     KID_SUBSET_SIZE,

@@ -9,7 +9,6 @@ import ast
 from pathlib import Path
 
 import grimp
-import pytest
 from importlinter import api as importlinter_api
 from importlinter.application import use_cases
 
