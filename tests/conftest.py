@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -33,6 +35,23 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+
+
+def made_once(tmp_path_factory: pytest.TempPathFactory, name: str, make: Callable[[Path], Path]) -> Path:
+    """``make(folder)`` once per test session, shared by the pytest-xdist workers (pytest-xdist's
+    recipe: the first worker makes it under a file lock in the session's shared temporary folder,
+    the others wait for it and reuse it)."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return make(tmp_path_factory.mktemp(name))
+    shared = tmp_path_factory.getbasetemp().parent / name
+    shared.mkdir(exist_ok=True)
+    with open(shared / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / ".done"
+        if not done.exists():
+            made = make(shared)
+            done.write_text(str(made))
+        return Path(done.read_text())
 
 
 @pytest.fixture(autouse=True)
@@ -135,4 +154,4 @@ def conditional_run(tmp_path_factory) -> Path:
     config = TrainConfig(
         conditional=True, steps=150, batch_size=64, warmup_steps=15, sample_every=0, final_grid=False, device="cpu"
     )
-    return api.train(config, tmp_path_factory.mktemp("conditional") / "run")
+    return made_once(tmp_path_factory, "conditional", lambda folder: api.train(config, folder / "run"))

@@ -128,7 +128,7 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "eval samples file too small": (lambda ws: ["eval", "--samples", samples_file(ws, "three.npz", 3)], ("images in", "must be >= 4", "not 3")),
     "missing run": (lambda ws: ["sample", ws.path("no-such-run")], ("does not exist",)),
     "folder that is not a run": (lambda ws: ["sample", ws.image_folder("not-a-run", [])], ("not a genflow run",)),
-    "resume a folder that is not a run": (lambda ws: ["train", "--resume", ws.path("not-a-run")], ("not a genflow run",)),
+    "resume a folder that is not a run": (lambda ws: ["train", "--resume", ws.image_folder("not-a-run-either", [])], ("not a genflow run",)),
     "resume under another process": (lambda ws: ["train", "--resume", ws.run, "--process", "ddpm"], ("process is 'rectified-flow', not 'ddpm'",)),
     "resume with another model": (lambda ws: ["train", "--resume", ws.run, "--prediction", "eps"], ("process option prediction is 'velocity', not 'eps'",)),
     "resume with --out": (lambda ws: ["train", "--resume", ws.run, "--out", ws.path("elsewhere")], ("drop --config, --out",)),

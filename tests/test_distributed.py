@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_preset
+from conftest import invoke, tiny_preset
 from safetensors.torch import load_file
 
 from genflow.runs.checkpoint import CHECKPOINTS, latest_name
@@ -46,6 +46,13 @@ def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
     return result
 
 
+def in_this_process(*args: object) -> None:
+    """The one-process command a launch is compared with, run in the test's process: what is
+    under test is the launch of several."""
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+
+
 @pytest.fixture(scope="module")
 def preset(tmp_path_factory) -> Path:
     return tiny_preset(tmp_path_factory.mktemp("preset") / "tiny.toml", steps=20, batch_size=32, lr=5e-4, warmup_steps=2,
@@ -55,7 +62,7 @@ def preset(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def one_process(preset, tmp_path_factory) -> Path:
     run = tmp_path_factory.mktemp("one") / "run"
-    ok(launch("train", "--config", preset, "--out", run, processes=1))
+    in_this_process("train", "--config", preset, "--out", run)
     return run
 
 
@@ -77,7 +84,7 @@ def files_of(run: Path) -> list[str]:
 def test_two_processes_train_the_one_process_run_and_write_what_it_writes(preset, one_process, tmp_path):
     two, accumulated = tmp_path / "two", tmp_path / "accumulated"
     result = ok(launch("train", "--config", preset, "--out", two))
-    ok(launch("train", "--config", preset, "--out", accumulated, "--grad-accumulation", "2", processes=1))
+    in_this_process("train", "--config", preset, "--out", accumulated, "--grad-accumulation", "2")
     assert_same_run(two, one_process)
     assert_same_run(accumulated, one_process)
     assert files_of(two) == files_of(one_process)  # rank 1 wrote nothing of its own
@@ -93,17 +100,18 @@ def test_two_processes_train_the_one_process_run_and_write_what_it_writes(preset
 def test_sampling_on_two_processes_is_byte_identical(one_process, tmp_path):
     args = ("sample", one_process, "--num-samples", 7, "--steps", 3, "--batch-size", 2, "--device", "cpu")
     ok(launch(*args, "--out", tmp_path / "two.npz"))
-    ok(launch(*args, "--out", tmp_path / "one.npz", processes=1))
+    in_this_process(*args, "--out", tmp_path / "one.npz")
     assert (tmp_path / "two.npz").read_bytes() == (tmp_path / "one.npz").read_bytes()
 
 
-@pytest.mark.parametrize(("stopped_on", "resumed_on"), [(2, 1), (1, 2)], ids=["2-then-1", "1-then-2"])
-def test_a_run_stopped_by_sigint_resumes_on_another_number_of_processes(preset, one_process, tmp_path, stopped_on, resumed_on):
+def test_a_run_stopped_by_sigint_resumes_on_another_number_of_processes(preset, one_process, tmp_path):
+    """Stopped on 2 processes, resumed and stopped again on 1, finished on 2: the 1-process run."""
     run = tmp_path / "run"
-    stopped = launch("--send", "SIGINT", "--at-step", 7, "--", "--config", preset, "--out", run, processes=stopped_on, module=False)
-    assert stopped.returncode == (130 if stopped_on == 1 else 1), stopped.stderr[-2000:]  # torchrun exits 1 when workers fail
-    assert "stopped by SIGINT after step 7" in stopped.stderr and latest_name(run) == "step-00000007"
-    ok(launch("train", "--resume", run, processes=resumed_on))
+    for processes, args, step in ((2, ("--config", preset, "--out", run), 7), (1, ("--resume", run), 14)):
+        stopped = launch("--send", "SIGINT", "--at-step", step, "--", *args, processes=processes, module=False)
+        assert stopped.returncode == (130 if processes == 1 else 1), stopped.stderr[-2000:]  # torchrun exits 1 when workers fail
+        assert f"stopped by SIGINT after step {step}" in stopped.stderr and latest_name(run) == f"step-{step:08d}"
+    ok(launch("train", "--resume", run, processes=2))
     assert_same_run(run, one_process)
 
 
@@ -144,7 +152,7 @@ def test_two_processes_streaming_an_image_folder_train_the_one_process_in_memory
 
     folder = write_folder(tmp_path / "images", 96)
     args = ("train", "--config", preset, "--dataset", folder, "--random-flip", "--steps", 6)
-    ok(launch(*args, "--out", tmp_path / "memory", processes=1))
+    in_this_process(*args, "--out", tmp_path / "memory")
     ok(launch(*args, "--out", tmp_path / "streamed", "-o", "data_in_memory_mb=0", "-o", "data_workers=1"))
     assert_same_run(tmp_path / "streamed", tmp_path / "memory")
     assert max_difference(tmp_path / "streamed", tmp_path / "memory") < WEIGHT_TOLERANCE

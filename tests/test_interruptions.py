@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import tiny_preset
+from conftest import invoke, tiny_preset
 
 from genflow.runs.checkpoint import CHECKPOINTS, latest_name, read_checkpoint
 
@@ -48,9 +48,11 @@ def preset(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def reference(preset, tmp_path_factory) -> Path:
+    """The uninterrupted run, trained by the same command in this process (as many threads as the
+    launched ones: tests/conftest.py shares the cores out through OMP_NUM_THREADS)."""
     run = tmp_path_factory.mktemp("reference") / "run"
-    code, stderr = finished(genflow_train("--config", preset, "--out", run))
-    assert code == 0, stderr
+    result = invoke("train", "--config", preset, "--out", run)
+    assert result.exit_code == 0, result.output
     return run
 
 
