@@ -61,20 +61,28 @@ def assert_same_weights(run: Path, reference: Path) -> None:
         assert (run / name).read_bytes() == (reference / name).read_bytes(), name
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_signal_saves_exits_128_plus_signal_and_resume_matches(preset, reference, tmp_path, signum):
-    run = tmp_path / "runs" / "latest"  # made when training starts, so an interrupted run can be resumed by it
-    training = genflow_train("--config", preset, cwd=tmp_path)
+def stop_with(signum: signal.Signals, training: subprocess.Popen, run: Path) -> int:
+    """Send ``signum`` once a new checkpoint is written; the run exits ``128 + signum`` with a last
+    line naming the signal, the step and the resume command. Returns the step it stopped at."""
     wait_for_new_checkpoint(run, training)
     training.send_signal(signum)
     code, stderr = finished(training)
     assert code == 128 + signum, stderr
     assert "Traceback" not in stderr
     last = stderr.strip().splitlines()[-1]
-    assert last.startswith(f"genflow: stopped by {signal.Signals(signum).name} after step") and "--resume runs/" in last, last
+    assert last.startswith(f"genflow: stopped by {signum.name} after step") and "--resume runs/" in last, last
     stopped_at = read_checkpoint(run / CHECKPOINTS / latest_name(run)).step
     assert 0 < stopped_at < STEPS and f"step {stopped_at};" in last
+    return stopped_at
+
+
+@pytest.mark.slow
+def test_sigint_then_sigterm_save_exit_128_plus_signal_and_resume_matches(preset, reference, tmp_path):
+    """Stopped by SIGINT, resumed, stopped by SIGTERM, resumed to the end: the uninterrupted run."""
+    run = tmp_path / "runs" / "latest"  # made when training starts, so an interrupted run can be resumed by it
+    first = stop_with(signal.SIGINT, genflow_train("--config", preset, cwd=tmp_path), run)
+    second = stop_with(signal.SIGTERM, genflow_train("--resume", "runs/latest", cwd=tmp_path), run)
+    assert second > first
     code, stderr = finished(genflow_train("--resume", "runs/latest", cwd=tmp_path))
     assert code == 0, stderr
     assert_same_weights(run, reference)

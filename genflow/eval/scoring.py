@@ -199,11 +199,32 @@ def folder_batches(files: ImageFiles) -> Iterator[Tensor]:
         yield images
 
 
-def fid_report(
-    images: Tensor, model: InceptionFeatures, reference: ReferenceStats, seed: int, device: torch.device | str
-) -> dict:
-    """FID and KID of ``images`` (NCHW in [-1, 1]) against ``reference`` (:func:`genflow.eval.inception.fid_scores`)."""
-    return {"metric": "fid"} | fid_scores(inception_features(model, images, device=device), reference, seed)
+@dataclass(frozen=True)
+class FidPipeline:
+    """The one way genflow scores FID and KID (Heusel et al. 2017; Binkowski et al. 2018): Inception-v3
+    loaded once on a device and the reference statistics of a dataset's every image. A samples
+    file, a run (sampled in chunks) and ``--eval-every`` all score through it."""
+
+    model: InceptionFeatures
+    reference: ReferenceStats
+
+    @classmethod
+    def of_dataset(
+        cls, weights: str | Path | None, device: torch.device | str, dataset: str, data_dir: str | Path | None = None,
+        resolution: int | None = None, bad_images: str = "error",
+    ) -> FidPipeline:  # fmt: skip
+        """The weights file ``weights`` (or the environment variable's) verified and loaded on
+        ``device``, and the reference statistics of ``dataset`` (:func:`reference_for_dataset`)."""
+        model = load_inception(inception_weights_path(weights)).to(device)
+        return cls(model, reference_for_dataset(dataset, data_dir, model, resolution, bad_images))
+
+    def features(self, images: Tensor) -> Tensor:
+        """Inception pool features of ``images`` (NCHW in [-1, 1], 1 or 3 channels, any size)."""
+        return inception_features(self.model, images, device=next(self.model.parameters()).device).float()
+
+    def scores(self, features: Tensor, seed: int = 0) -> dict:
+        """FID and KID of these features against the reference (:func:`genflow.eval.inception.fid_scores`)."""
+        return {"metric": "fid"} | fid_scores(features, self.reference, seed)
 
 
 def check_fid_input(channels: int, count: int, source: str) -> None:
@@ -221,11 +242,10 @@ def fid_of_samples_file(
     """FID/KID of the images in ``path`` (any size; 1 or 3 channels) against all of ``dataset``
     (its files under ``data_dir``, at ``resolution``); Inception runs on ``device`` (``auto``:
     CUDA, then MPS, then the CPU)."""
-    model = load_inception(inception_weights_path(inception_weights)).to(pick_device(device))
     images = read_samples_file(path)
     check_fid_input(images.shape[1], len(images), str(path))
-    reference = reference_for_dataset(dataset, data_dir, model, resolution)
-    return fid_report(images, model, reference, seed, next(model.parameters()).device)
+    fid = FidPipeline.of_dataset(inception_weights, pick_device(device), dataset, data_dir, resolution)
+    return fid.scores(fid.features(images), seed)
 
 
 FID_CHUNK = 2000
@@ -246,21 +266,21 @@ def fid_of_run(
         raise GenflowError("--metric fid scores samples of every class against all the real data; drop --class")
     n = PAPER_SAMPLES if n is None else n
     check_fid_input(loaded.model.config.channels, n, str(loaded.path))
-    model = load_inception(inception_weights_path(inception_weights)).to(next(loaded.model.parameters()).device)
-    train = loaded.config["train"]
-    reference = reference_for_dataset(train["dataset"], train.get("data_dir"), model, train.get("resolution"), train.get("bad_images", "error"))
+    train, device = loaded.config["train"], next(loaded.model.parameters()).device
+    fid = FidPipeline.of_dataset(inception_weights, device, train["dataset"], train.get("data_dir"), train.get("resolution"),
+                                 train.get("bad_images", "error"))  # fmt: skip
     labels = None if loaded.classes is None else balanced_labels(n, len(loaded.classes))
-    device, features, costs = next(loaded.model.parameters()).device, [], []
+    features, costs = [], []
     for start in range(0, n, FID_CHUNK):
         chunk = slice(start, min(start + FID_CHUNK, n))
         images, stats = sample(chunk.stop - start, seed=list(range(seed + start, seed + chunk.stop)),
                                labels=None if labels is None else labels[chunk])  # fmt: skip
         costs.append((stats, chunk.stop - start))
         if images is not None:
-            features.append(inception_features(model, images, device=device).float())
+            features.append(fid.features(images))
     if not features:
         return None
-    return sampling_fields(combined(costs)) | {"metric": "fid"} | fid_scores(torch.cat(features), reference, seed)
+    return sampling_fields(combined(costs)) | fid.scores(torch.cat(features), seed)
 
 
 def combined(costs: Sequence[tuple[SamplingStats, int]]) -> SamplingStats:
@@ -312,12 +332,12 @@ def inception_evaluator(
     """FID and KID of ``samples(ema)`` against the run's data, for ``--eval-every``; the weights are
     checked and the reference statistics computed (or read from the cache) now, before training, so
     no process of a distributed run waits on them inside the loop."""
-    model = load_inception(inception_weights_path(config.inception_weights)).to(device)
     check_fid_input(image_shape[0], config.eval_n, "eval_n")
-    reference = reference_for_dataset(config.dataset, config.data_dir, model, config.resolution, config.bad_images)
+    fid = FidPipeline.of_dataset(config.inception_weights, device, config.dataset, config.data_dir, config.resolution,
+                                 config.bad_images)  # fmt: skip
 
     def scores(ema: nn.Module) -> dict:
-        result = fid_scores(inception_features(model, samples(ema), device=device), reference, seed=0)
+        result = fid.scores(fid.features(samples(ema)))
         return {"fid": result["fid"], "kid": result["kid"]}
 
     return scores
