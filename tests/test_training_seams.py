@@ -17,14 +17,14 @@ import genflow
 from genflow import api
 from genflow.config import TrainConfig
 from genflow.errors import GenflowError
-from genflow.train import MinibatchStream, Trainer, TrainingData
+from genflow.train import Trainer, TrainingData
 
 OLD_RUN = Path(__file__).parent / "fixtures" / "v0.1-rectified-flow"
 
 
 def test_a_batch_is_a_mapping_whose_entries_stay_aligned_across_epochs():
     images = torch.randn(10, 1, 2, 2)
-    stream = MinibatchStream({"images": images, "labels": torch.arange(10)}, batch_size=4, seed=0)
+    stream = TrainingData({"images": images, "labels": torch.arange(10)}).batches(batch_size=4, seed=0)
     seen = []
     for _ in range(6):  # three epochs of two batches (the last two images of each epoch are left out)
         batch = stream.next()

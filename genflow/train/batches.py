@@ -1,20 +1,20 @@
-"""Where a training step's images come from: one seeded data order, and two ways of reading it.
+"""Where a training step's images come from: one seeded data order, and one stream of batches
+along it (:class:`BatchStream`), whose images are in memory or in files.
 
 :class:`DataOrder` is the order: a permutation of the dataset per epoch (and, with random
 flips, a coin per image) drawn from one generator, and a position in it. A checkpoint holds
 its generator, permutation, coins and position, so a resumed run reads the same next images as
 an uninterrupted one, mid-epoch included.
 
-- :class:`MinibatchStream`: the data is in memory (uint8 pixels, or floats for the digits);
-  a batch is an index into it.
-- :class:`StreamedBatches`: the images stay in files (:class:`genflow.data.folders.ImageFiles`);
+- :class:`ImagesInMemory`: uint8 pixels (or floats for the digits); a batch is an index into them.
+- :class:`ImagesFromFiles`: the images stay in files (:class:`genflow.data.folders.ImageFiles`);
   ``torch.utils.data`` worker processes decode the batches a few steps ahead, following a copy
   of the order. Under torch.distributed each process decodes only its rows of the global
   batch, and the processes exchange the decoded pixels (uint8), so every process holds the
   global batch the objective draws its noise for, exactly as in memory.
 
-Both give the same batch for the same order: ``images`` as floats in [-1, 1], mirrored where
-the coin says, and any other per-image tensor (``labels``, paired ``noise``) indexed alike.
+Either way the batch is the same for the same order: ``images`` as floats in [-1, 1], mirrored
+where the coin says, and any other per-image tensor (``labels``, paired ``noise``) indexed alike.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from torch import Tensor
 from genflow.data.folders import ImageFiles, default_workers, image_loader
 from genflow.data.pixels import as_unit_range
 from genflow.errors import GenflowError
-from genflow.runtime.base import SingleProcess
+from genflow.runtime.base import Runtime, SingleProcess
 from genflow.runtime.rows import Batch
 
 
@@ -102,56 +102,79 @@ def mirrored(images: Tensor, flips: Tensor | None) -> Tensor:
     return torch.where(flips, images.flip(-1), images)
 
 
-class MinibatchStream:
-    """Shuffled minibatches of an in-memory dataset: ``data`` is a mapping of tensors that share
-    their first dimension (``images``, uint8 or float, and whatever else a sample carries)."""
+class ImagesInMemory:
+    """Images held in memory (uint8 pixels, or floats for the digits): a batch is an index into them."""
 
-    def __init__(self, data: Mapping[str, Tensor], batch_size: int, seed: int, flip: bool = False) -> None:
-        self.data = dict(data)
-        self.order = DataOrder(len(self.data["images"]), batch_size, seed, flip)
+    def __init__(self, images: Tensor) -> None:
+        self.images = images
 
-    def next(self) -> Batch:
-        indices, flips = self.order.next()
-        batch = {key: values[indices.to(values.device)] for key, values in self.data.items()}
-        batch["images"] = mirrored(as_unit_range(batch["images"]), flips)
-        return batch
+    def __len__(self) -> int:
+        return len(self.images)
 
-    def restore(self, tensors: Mapping[str, Tensor], position: int) -> None:
-        self.order.restore(tensors, position)
+    def follow(self, order: DataOrder) -> None:
+        """Nothing to read ahead."""
+
+    def take(self, indices: Tensor) -> Tensor:
+        return self.images[indices.to(self.images.device)]
+
+    def restart(self) -> None:
+        """Nothing read ahead to drop."""
 
 
-class StreamedBatches:
-    """Minibatches of images read from ``files`` by worker processes, with ``data`` (labels; no
-    images) indexed in memory. ``rank`` of ``world_size`` decodes its share; ``gather`` (the
-    runtime's :meth:`all_rows`) assembles the global batch on ``device``."""
+class ImagesFromFiles:
+    """Images decoded from ``files`` by ``torch.utils.data`` worker processes that read a few
+    batches ahead along a copy of the data order. Under torch.distributed each process decodes
+    only its rows of the global batch and the processes exchange the decoded pixels (uint8)
+    through ``runtime.all_rows``, so every process holds the whole batch, as in memory."""
 
-    def __init__(self, files: ImageFiles, data: Mapping[str, Tensor], batch_size: int, seed: int, flip: bool = False,
-                 workers: int | None = None, runtime=None) -> None:  # fmt: skip
-        self.files, self.data = files, dict(data)
-        self.order = DataOrder(len(files), batch_size, seed, flip)
+    def __init__(self, files: ImageFiles, workers: int | None, runtime: Runtime) -> None:
+        self.files, self.runtime = files, runtime
         self.workers = default_workers() if workers is None else workers
-        self.runtime = runtime or SingleProcess("cpu")
         self.loader: Iterator[tuple[Tensor, Tensor, list[str]]] | None = None
 
-    def next(self) -> Batch:
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def follow(self, order: DataOrder) -> None:
+        """Start the workers on a copy of ``order`` from its current position (once, or after a restart)."""
+        if self.loader is None:
+            rows = order.rows(self.runtime.rank, self.runtime.world_size)
+            self.loader = image_loader(self.files, rows, self.workers, pin_memory=self.runtime.device.type == "cuda")
+
+    def take(self, indices: Tensor) -> Tensor:
         runtime = self.runtime
-        if self.loader is None:  # reads ahead along a copy of the order from here
-            rows = self.order.rows(runtime.rank, runtime.world_size)
-            self.loader = image_loader(self.files, rows, self.workers, pin_memory=runtime.device.type == "cuda")
-        indices, flips = self.order.next()
         loaded, images, problems = next(self.loader)
         if problems:
             raise GenflowError(f"{problems[0]}; remove the file (or fix it) and resume: the last checkpoint is intact")
         share = len(indices) // runtime.world_size
         if not torch.equal(loaded, indices[runtime.rank * share : (runtime.rank + 1) * share]):
             raise GenflowError("internal error: the image loader fell out of step with the data order")
-        images = runtime.all_rows(images.to(runtime.device, non_blocking=True))
-        batch = {key: values[indices.to(values.device)] for key, values in self.data.items()}
-        return batch | {"images": mirrored(as_unit_range(images), flips)}
+        return runtime.all_rows(images.to(runtime.device, non_blocking=True))
+
+    def restart(self) -> None:
+        """Drop what was read ahead: the workers restart from the restored order."""
+        self.loader = None
+
+
+class BatchStream:
+    """Minibatches along one seeded :class:`DataOrder`: ``images`` from memory or from files,
+    every other per-image tensor in ``data`` (``labels``, paired ``noise``) indexed in memory
+    alike; images as floats in [-1, 1], mirrored where the order's coin says."""
+
+    def __init__(self, images: ImagesInMemory | ImagesFromFiles, data: Mapping[str, Tensor], batch_size: int, seed: int,
+                 flip: bool = False) -> None:  # fmt: skip
+        self.images, self.data = images, dict(data)
+        self.order = DataOrder(len(images), batch_size, seed, flip)
+
+    def next(self) -> Batch:
+        self.images.follow(self.order)
+        indices, flips = self.order.next()
+        images = mirrored(as_unit_range(self.images.take(indices)), flips)
+        return {"images": images} | {key: values[indices.to(values.device)] for key, values in self.data.items()}
 
     def restore(self, tensors: Mapping[str, Tensor], position: int) -> None:
         self.order.restore(tensors, position)
-        self.loader = None  # the loader restarts from the restored order
+        self.images.restart()
 
 
 @dataclass(frozen=True)
@@ -174,10 +197,10 @@ class TrainingData:
         return self.files.shape if self.files is not None else tuple(self.tensors["images"].shape[1:])
 
     def batches(self, batch_size: int, seed: int, flip: bool = False, workers: int | None = None,
-                runtime=None) -> MinibatchStream | StreamedBatches:  # fmt: skip
-        """The minibatch stream of this data: in memory, or decoded by ``workers`` processes."""
-        device = runtime.device if runtime is not None else torch.device("cpu")
-        tensors = {key: values.to(device) for key, values in self.tensors.items()}
-        if self.files is None:
-            return MinibatchStream(tensors, batch_size, seed, flip)
-        return StreamedBatches(self.files, tensors, batch_size, seed, flip, workers, runtime)
+                runtime: Runtime | None = None) -> BatchStream:  # fmt: skip
+        """The minibatch stream of this data on ``runtime``'s device (the CPU without one): images
+        in memory, or decoded from the files by ``workers`` processes."""
+        runtime = runtime or SingleProcess("cpu")
+        tensors = {key: values.to(runtime.device) for key, values in self.tensors.items()}
+        images = ImagesFromFiles(self.files, workers, runtime) if self.files is not None else ImagesInMemory(tensors.pop("images"))
+        return BatchStream(images, tensors, batch_size, seed, flip)

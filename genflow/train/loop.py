@@ -172,7 +172,7 @@ class Trainer:
         """One line saying what this session trains, with the resolved values users tune."""
         config, data, classes = self.config, self.setup.data, self.setup.classes
         labels = f", conditional on {len(classes)} classes with label dropout {config.label_dropout:g}" if classes else ""
-        streamed = f" streamed by {self.state.batches.workers} workers" if data.files is not None else ""
+        streamed = f" streamed by {self.state.batches.images.workers} workers" if data.files is not None else ""
         flipped = ", random flips" if config.random_flip else ""
         return (
             f"{self.run_dir}: {config.process} on {config.dataset} ({data.count} images of {data.image_shape}{streamed}{flipped}{labels}), "

@@ -21,7 +21,7 @@ from genflow.config import TrainConfig
 from genflow.errors import GenflowError
 from genflow.runs.checkpoint import Checkpoint
 from genflow.storage import all_finite, cpu_state_dict, load_matching
-from genflow.train.batches import MinibatchStream, StreamedBatches
+from genflow.train.batches import BatchStream
 
 
 def warmup_cosine(warmup: int, total: int) -> Callable[[int], float]:
@@ -44,14 +44,14 @@ class TrainingState:
     ema: nn.Module
     optimizer: torch.optim.Optimizer
     schedule: torch.optim.lr_scheduler.LambdaLR
-    batches: MinibatchStream | StreamedBatches
+    batches: BatchStream
     noise: torch.Generator
     step: int = 0
     seconds: float = 0.0
     nonfinite_streak: int = 0
 
     @classmethod
-    def fresh(cls, config: TrainConfig, model: nn.Module, ema: nn.Module, batches: MinibatchStream | StreamedBatches) -> TrainingState:
+    def fresh(cls, config: TrainConfig, model: nn.Module, ema: nn.Module, batches: BatchStream) -> TrainingState:
         """AdamW with warm-up and cosine decay, ``batches`` (data order from ``seed``), noise from ``seed + 1``."""
         optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
         schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(config.warmup_steps, config.steps))
