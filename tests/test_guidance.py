@@ -268,6 +268,40 @@ def test_euler_interval_nfe_follows_the_grid():
     assert nfe == sum(1 + (lo <= t <= hi) for t in times) == 14
 
 
+def test_the_guided_choice_at_an_interval_edge_is_made_from_the_exact_time():
+    """The README's ``--guidance-interval 0.2,0.8`` on a 10-step uniform grid: 0.8 and 0.2 are grid
+    times, inside the interval. The samples are float32, where 0.8 is 0.80000001: the choice is made
+    once, from the float64 time, so every call that NFE counts as guided is guided."""
+    nfe, recorder = recorded_sampling("euler", grid="uniform", steps=10, labels=0, guidance=3.0, guidance_interval=(0.2, 0.8))
+    doubled = sum(rows == 6 for rows, _ in recorder.calls)
+    assert nfe == 10 + 7 and doubled == 2 * 7  # 0.8, 0.7, ..., 0.2 guided, in both batches
+
+
+class LabelRecorder:
+    """A conditional model that records the labels of every call."""
+
+    null_label = 4
+
+    def __init__(self) -> None:
+        self.labels: list[list[int]] = []
+
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        self.labels.append(labels.tolist())
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize(("scale", "inside"), [(0.0, [4, 4]), (1.0, [1, 2])])
+def test_guidance_0_or_1_inside_the_interval_and_the_conditional_model_outside(scale, inside):
+    """Guidance 0 is the unconditional model inside the interval only; outside it, as for every
+    scale, the conditional model (one evaluation either way)."""
+    recorder = LabelRecorder()
+    guided = GuidedModel(recorder, torch.tensor([1, 2]), recorder.null_label, scale, (0.2, 0.6))
+    for t in (0.1, 0.4, 0.7):
+        guided(torch.zeros(2, 2), torch.full((2,), t))
+    assert recorder.labels == [[1, 2], inside, [1, 2]]
+    assert [guided.backbone_evaluations(t) for t in (0.1, 0.4, 0.7)] == [1, 1, 1]
+
+
 # --- label dropout ----------------------------------------------------------------------
 
 NUM_CLASSES = 10

@@ -37,10 +37,14 @@ class BoundModel:
 
     def predict(self, x: Tensor, t: float) -> Tensor:
         """One model call at the time ``t`` for the whole batch; NFE counts the backbone
-        evaluations it costs per sample (two for a guided model, which runs both halves)."""
+        evaluations it costs per sample (two for a guided model, which runs both halves). A
+        model whose work depends on the time (a guided one) decides it from ``t`` itself, not
+        from ``t`` rounded to the samples' dtype (``call_at``)."""
         evaluations = getattr(self.model, "backbone_evaluations", None)
         self.nfe += evaluations(t) if evaluations is not None else 1
-        return self.model(x, torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype))
+        times = torch.full((x.shape[0],), t, device=x.device, dtype=x.dtype)
+        call_at = getattr(self.model, "call_at", None)
+        return call_at(x, times, t) if call_at is not None else self.model(x, times)
 
     def denoise(self, x: Tensor, t: float) -> tuple[Tensor, Tensor]:
         """``(x0_hat, eps_hat)``: the posterior means of data and noise given ``x`` at ``t``."""

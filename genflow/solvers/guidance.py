@@ -52,11 +52,14 @@ def check_guidance(scale: float, interval: Sequence[float] = FULL_INTERVAL) -> t
 
 class GuidedModel:
     """``model(x, t)`` for a conditional ``model`` with fixed per-sample ``labels``, guided with
-    ``scale`` for times in ``interval`` (the conditional model elsewhere).
+    ``scale`` for times in ``interval`` and the conditional model elsewhere (Kynkaanniemi et
+    al. 2024): inside, ``scale`` 1 is the conditional model, 0 the unconditional one, and any
+    other scale ``uncond + scale (cond - uncond)`` from both halves in one batched call.
 
-    ``backbone_evaluations(t)`` is what one call at ``t`` costs per sample: 2 where the guided
-    combination is computed, 1 where only one half is needed (``scale`` 0 or 1, or ``t``
-    outside the interval); :class:`~genflow.solvers.BoundModel` counts NFE with it."""
+    What a call at time ``t`` computes is decided once, from the exact (float64) time the solver
+    asks for (:meth:`call_at`, which :class:`~genflow.solvers.BoundModel` uses), so the choice
+    and the cost that :meth:`backbone_evaluations` reports for NFE always agree, whatever the
+    samples' dtype."""
 
     def __init__(
         self,
@@ -72,25 +75,31 @@ class GuidedModel:
             raise GenflowError("guidance needs a model trained with label dropout (a null label); this one has none")
         self.null_label = null_label
 
+    def inside(self, t: float) -> bool:
+        """Whether ``t`` lies in the guidance interval (the full one holds every time a solver
+        asks for, also a rounding outside [0, 1])."""
+        lo, hi = self.interval
+        return self.interval == FULL_INTERVAL or lo <= t <= hi
+
     def guides(self, t: float) -> bool:
         """Whether the guided combination (both halves) is computed at ``t``."""
-        lo, hi = self.interval
-        everywhere = self.interval == FULL_INTERVAL  # also at a solver's times a rounding outside [0, 1]
-        return self.scale not in (0.0, 1.0) and (everywhere or lo <= t <= hi)
+        return self.scale not in (0.0, 1.0) and self.inside(t)
 
     def backbone_evaluations(self, t: float) -> int:
         return 2 if self.guides(t) else 1
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
+        return self.call_at(x, t, float(t.reshape(-1)[0]) if t.numel() else 0.0)
+
+    def call_at(self, x: Tensor, t: Tensor, time: float) -> Tensor:
+        """The model at ``x``, ``t`` (a tensor in the samples' dtype), guided or not as decided
+        from ``time``, the exact time ``t`` was made from."""
         labels = self.labels.to(x.device)
-        time = float(t.reshape(-1)[0]) if t.numel() else 0.0
-        if self.scale == 0:
-            return self.model(x, t, torch.full_like(labels, self.null_label))
-        if not self.guides(time):
-            return self.model(x, t, labels)
-        null = torch.full_like(labels, self.null_label)
-        cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
-        return uncond + self.scale * (cond - uncond)
+        null = torch.full_like(labels, self.null_label) if self.null_label is not None else None
+        if self.guides(time):
+            cond, uncond = self.model(torch.cat([x, x]), torch.cat([t, t]), torch.cat([labels, null])).chunk(2)
+            return uncond + self.scale * (cond - uncond)
+        return self.model(x, t, null if self.scale == 0 and self.inside(time) else labels)
 
 
 def as_labels(labels: int | Sequence[int] | Tensor, n: int, null_label: int | None) -> Tensor:
