@@ -130,6 +130,11 @@ class TrainConfig:
             raise GenflowError(f"objective must be one of {', '.join(OBJECTIVES)}, not {self.objective!r}")
         if self.objective != "denoising" and not self.pairs:
             raise GenflowError(f"objective {self.objective} trains on reflow pairs; make them with 'genflow reflow TEACHER --out RUN'")
+        if self.pairs and self.random_flip:
+            raise GenflowError(
+                "reflow pairs fix the noise of each image, and a mirrored image would keep its unmirrored noise; "
+                "train on pairs without random_flip"
+            )
         if self.objective == "distill" and self.process != "rectified-flow":
             raise GenflowError(f"a distilled student is a rectified-flow run (it takes Euler steps on straight paths), not {self.process}")
         if not isinstance(self.steps_out, int) or self.steps_out < 1:

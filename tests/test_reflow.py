@@ -18,7 +18,8 @@ import genflow
 from genflow import api
 from genflow.config import TrainConfig
 from genflow.data.pairs import Manifest, generate, read_pairs
-from genflow.fewstep.reflow import STRAIGHTNESS_PATHS, straightness, straightness_of_run
+from genflow.errors import GenflowError
+from genflow.fewstep.reflow import STRAIGHTNESS_PATHS, straightness, straightness_of_run, student_config
 from genflow.processes import make_process
 from genflow.train.objective import DistillationObjective, PairedObjective
 
@@ -209,6 +210,19 @@ def test_reflow_and_distill_commands_make_runs_that_sample_and_score(tiny_teache
     expected = straightness_of_run(api.load(distilled, device="cpu"), STRAIGHTNESS_PATHS, steps=8)
     assert result["straightness"] == pytest.approx(expected, rel=1e-9) and expected > 0
     expect_usage_error(invoke("sample", student, "--solver", "ancestral", "--n", "2", "--out", tmp_path / "x.png"), "reflow pairs")
+
+
+def test_pairs_are_never_mirrored(tiny_teacher, tmp_path):
+    """A pair fixes each image's noise: a student of a teacher trained with random flips does not
+    inherit them (half of each batch would pair a mirrored image with unmirrored noise), and
+    flips asked for on pairs are refused before anything is written."""
+    teacher = api.load(tiny_teacher, device="cpu")
+    teacher.config["train"]["random_flip"] = True  # as a teacher trained with --random-flip records it
+    assert student_config(teacher, tmp_path / "pairs", "auto", {}).random_flip is False
+    with pytest.raises(GenflowError, match="random_flip"):
+        student_config(teacher, tmp_path / "pairs", "auto", {"random_flip": True})
+    expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "flipped", "-o", "random_flip=true"), "random_flip")
+    assert not (tmp_path / "flipped").exists()
 
 
 def test_reflow_refuses_what_it_cannot_use(tiny_teacher, tmp_path, conditional_run):

@@ -115,6 +115,7 @@ def student_config(teacher: LoadedRun, pairs: Path, init: str, overrides: dict[s
         "init_from": str(teacher.path.resolve()) if from_teacher else None,
         "model": teacher.config["model"],
         "conditional": False,
+        "random_flip": False,  # a pair fixes its image's noise: the teacher's flips are not the student's
         "steps_out": 1,
         "steps": saved.steps or TrainConfig.steps,  # an imported teacher trained no steps here
     }
