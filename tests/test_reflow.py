@@ -225,6 +225,23 @@ def test_pairs_are_never_mirrored(tiny_teacher, tmp_path):
     assert not (tmp_path / "flipped").exists()
 
 
+def test_a_student_started_from_its_teacher_keeps_what_its_weights_mean(tiny_teacher, tmp_path):
+    """Weights that predict x0 are not a velocity network: a student initialised from a
+    rectified-flow teacher takes its prediction and time options; one trained from scratch
+    takes rectified flow's own."""
+    teacher = api.load(tiny_teacher, device="cpu")
+    teacher.process = make_process("rectified-flow", prediction="x0", time_sampling="logit-normal")
+    started = student_config(teacher, tmp_path / "pairs", "auto", {})
+    assert started.init_from and started.process_options == teacher.process.options()
+    scratch = student_config(teacher, tmp_path / "pairs", "scratch", {})
+    assert scratch.init_from is None and scratch.process_options == {}
+    model = [arg for key, value in TINY_MODEL.items() for arg in ("-o", f"model.{key}={json.dumps(value)}")]
+    for other in (("--prediction", "x0"), ("--process", "ddpm")):
+        refused = invoke("train", "-o", f"init_from={tiny_teacher}", *other, *model, "--steps", "2", "--out", tmp_path / "other")
+        expect_usage_error(refused, "rectified-flow run predicting velocity", "its weights would compute something else")
+    assert not (tmp_path / "other").exists()
+
+
 def test_reflow_refuses_what_it_cannot_use(tiny_teacher, tmp_path, conditional_run):
     expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "a", "--solver", "ancestral"), "adds noise")
     expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "a", "--steps", "0"), "steps")

@@ -102,14 +102,15 @@ def make_pairs(loaded: LoadedRun, folder: Path, plan: Manifest, reporter: Report
 
 def student_config(teacher: LoadedRun, pairs: Path, init: str, overrides: dict[str, Any]) -> TrainConfig:
     """The student's config: the teacher's training settings and backbone, rectified flow on
-    the pairs, started from the teacher's weights when ``init`` says so."""
+    the pairs, started from the teacher's weights when ``init`` says so; a student started from
+    them keeps the teacher's process options (its prediction: what the weights output)."""
     saved = files.RunFiles(teacher.path, teacher.config).train_config()
     from_teacher = init == "teacher" or (init == "auto" and teacher.process.name == "rectified-flow")
     if from_teacher and teacher.process.name != "rectified-flow":
         raise GenflowError(f"--init teacher needs a rectified-flow teacher (its velocity is the student's start), not {teacher.process.name}")
     values = saved.to_dict() | {
         "process": "rectified-flow",
-        "process_options": {},
+        "process_options": teacher.process.options() if from_teacher else {},
         "objective": "reflow",
         "pairs": str(pairs.resolve()),
         "init_from": str(teacher.path.resolve()) if from_teacher else None,

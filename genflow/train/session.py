@@ -102,7 +102,7 @@ def prepare(config: TrainConfig, runtime: Runtime | None = None, resuming: bool 
     objective = make_objective(config.objective, process, config.steps_out, config.label_dropout, unet.null_label)
     initial = None
     if config.init_from:  # a new run checks the weights now, before writing; a resume reads them if it starts afresh
-        load = functools.partial(initial_weights, config.init_from, unet)
+        load = functools.partial(initial_weights, config.init_from, unet, process)
         initial = load if resuming else functools.partial(dict, load())
     return TrainingSetup(resolved, process, objective, data, runtime, evaluate, classes, initial)
 
@@ -115,10 +115,19 @@ def real_images(config: TrainConfig, data: TrainingData) -> Tensor:
     return as_unit_range(data.tensors["images"])
 
 
-def initial_weights(run: str, backbone: UNetConfig) -> dict[str, Tensor]:
+def initial_weights(run: str, backbone: UNetConfig, process: GaussianProcess) -> dict[str, Tensor]:
     """The EMA backbone weights of ``run``, which a new run starts from (``init_from``), checked
-    against this run's backbone."""
+    against this run's backbone, and against its process and prediction: the same weights mean
+    another function under another process's time map or another prediction."""
     run_files = read_run(run)
+    saved = run_files.config.get("process", {})
+    theirs = (saved.get("name"), saved.get("options", {}).get("prediction"))
+    if theirs != (process.name, process.prediction):
+        raise GenflowError(
+            f"{run_files.path} is a {theirs[0]} run predicting {theirs[1]}, and this run is {process.name} predicting "
+            f"{process.prediction}: its weights would compute something else here; train with its process and prediction, "
+            "or start from scratch (--init scratch)"
+        )
     weights, source, _ = files.ema_weights(run_files.path, run_files.config["train"]["steps"])
     expected = {name: tuple(value.shape) for name, value in build_unet(backbone).state_dict().items()}
     found = {name: tuple(value.shape) for name, value in weights.items()}
