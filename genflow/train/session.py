@@ -24,7 +24,7 @@ from genflow.eval.scoring import (
 )
 from genflow.nn import UNetConfig, preset_for
 from genflow.nn.unet import build_unet
-from genflow.processes import make_process
+from genflow.processes import GaussianProcess, make_process
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs import files
 from genflow.runs import resume as resume_rules
