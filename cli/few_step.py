@@ -26,6 +26,18 @@ def training_overrides(train_steps: int | None, batch_size: int | None, lr: floa
     return parse_assignments(option or []) | {k: v for k, v in flags.items() if v is not None}
 
 
+def refuse_launcher(command: str) -> None:
+    """Pairs are made in one process: refuse a distributed launch of ``command``."""
+    from genflow.errors import GenflowError
+    from genflow.runtime.base import launched_distributed
+
+    if launched_distributed():
+        raise GenflowError(
+            f"genflow {command} makes its pairs in one process; run it without a launcher (the student's training, stopped "
+            "with Ctrl-C, continues on every process with: torchrun ... -m genflow train --resume OUT)"
+        )
+
+
 @app.command()
 @fails_cleanly
 def reflow(
@@ -46,15 +58,9 @@ def reflow(
 ) -> None:
     """Make (noise, sample) pairs of a teacher's ODE and train a rectified-flow student on them
     (reflow: straighter paths, so fewer steps). A kill loses at most the shard in flight; --resume continues."""
-    from genflow.errors import GenflowError
     from genflow.progress import reporter_for
-    from genflow.runtime.base import launched_distributed
 
-    if launched_distributed():
-        raise GenflowError(
-            "genflow reflow makes its pairs in one process; run it without a launcher (the student's training, stopped with "
-            "Ctrl-C, continues on every process with: torchrun ... -m genflow train --resume OUT)"
-        )
+    refuse_launcher("reflow")
     overrides = training_overrides(train_steps, batch_size, lr, option)
     run_dir = reflow_module.reflow(teacher, out, pairs, solver, steps, seed, init, overrides, overwrite, resume, sample_batch_size, reporter_for())
     say(f"reflowed {teacher} -> {run_dir} (pairs in {run_dir / 'pairs'})")
@@ -63,19 +69,28 @@ def reflow(
 @app.command()
 @fails_cleanly
 def distill(
-    run: Annotated[str, typer.Argument(help="A run made by 'genflow reflow' (its pairs and weights).", show_default=False)],
-    out: Annotated[Path, typer.Option("--out", help="The student's run directory.", show_default=False)],
+    run: Annotated[str, typer.Argument(help="A rectified-flow run: a reflow student, or a run trained on data.", show_default=False)],
+    out: Annotated[Path, typer.Option("--out", help="The new run: the pairs of RUN's ODE, then the student trained on them.", show_default=False)],
     steps_out: Annotated[int, typer.Option(help="Euler steps the student samples in.")] = 1,
+    pairs: Annotated[int, typer.Option(help="How many (noise, sample) pairs of RUN's ODE to make.")] = 10000,
+    solver: Annotated[str, typer.Option(help="ODE solver of RUN for the pairs.")] = "dpm++2m",
+    steps: Annotated[int | None, typer.Option(help="Solver steps per pair (default 40; adaptive solvers pick their own).")] = None,
+    seed: Annotated[int, typer.Option(help="Pair i starts from the noise of seed + i.")] = 0,
     train_steps: TrainStepsOption = None,
     batch_size: BatchSizeOption = None,
     lr: LrOption = None,
     option: AssignOption = None,
+    sample_batch_size: Annotated[int | None, typer.Option(help="Pairs per call of RUN (default: a whole shard).")] = None,
+    resume: Annotated[bool, typer.Option(help="Finish the pairs of --out (redoing a corrupt shard), then its training.")] = False,
     overwrite: OverwriteOption = False,
 ) -> None:
-    """Train a student that takes a reflow run's pair noises to their samples in --steps-out
-    Euler steps (distillation); sample it with 'genflow sample OUT --solver euler --steps K'."""
+    """Distill a rectified-flow run into a student that samples in --steps-out Euler steps,
+    trained on pairs of the run's own ODE from its weights (Liu et al. 2022, sec. 2.3); sample it
+    with 'genflow sample OUT --solver euler --steps K'."""
     from genflow.progress import reporter_for
 
+    refuse_launcher("distill")
     overrides = training_overrides(train_steps, batch_size, lr, option)
-    run_dir = reflow_module.distill(run, out, steps_out, overrides, overwrite, reporter_for())
+    run_dir = reflow_module.distill(run, out, steps_out, pairs, solver, steps, seed, overrides, overwrite, resume, sample_batch_size,
+                                    reporter_for())  # fmt: skip
     say(f"distilled {run} -> {run_dir}; sample it with: genflow sample {run_dir} --solver euler --steps {steps_out}")

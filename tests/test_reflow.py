@@ -200,8 +200,17 @@ def test_reflow_and_distill_commands_make_runs_that_sample_and_score(tiny_teache
     record = json.loads((student / "config.json").read_text())
     assert record["process"]["name"] == "rectified-flow" and record["train"]["objective"] == "reflow"
     assert record["train"]["init_from"] == str(tiny_teacher.resolve())
-    assert invoke("distill", student, "--out", distilled, "--train-steps", "4", "--batch-size", "16").exit_code == 0
-    assert json.loads((distilled / "config.json").read_text())["train"]["objective"] == "distill"
+    resumed = invoke("reflow", tiny_teacher, "--out", student, "--pairs", "48", "--steps", "4", "--train-steps", "6", "--batch-size", "16",
+                     "--resume")  # fmt: skip
+    assert resumed.exit_code == 0, resumed.output
+    assert json.loads((student / "config.json").read_text())["train"]["steps"] == 6  # the finished pairs kept, training continued
+    made = invoke("distill", student, "--out", distilled, "--pairs", "32", "--steps", "3", "--train-steps", "4", "--batch-size", "16")
+    assert made.exit_code == 0, made.output
+    record = json.loads((distilled / "config.json").read_text())["train"]
+    assert record["objective"] == "distill" and record["init_from"] == str(student.resolve())
+    assert record["pairs"] == str((distilled / "pairs").resolve())  # the k-rectified flow's own pairs (Liu et al. 2022, sec. 2.3)
+    own = json.loads((distilled / "pairs" / "manifest.json").read_text())
+    assert own["count"] == 32 and own["steps"] == 3 and own["teacher"] != manifest["teacher"]
     assert invoke("sample", distilled, "--solver", "euler", "--steps", "1", "--n", "4", "--out", tmp_path / "one.png").exit_code == 0
     scored = invoke("eval", distilled, "--n", "16", "--straightness", "--straightness-steps", "8", "--json")
     assert scored.exit_code == 0, scored.output
@@ -242,13 +251,20 @@ def test_a_student_started_from_its_teacher_keeps_what_its_weights_mean(tiny_tea
     assert not (tmp_path / "other").exists()
 
 
-def test_reflow_refuses_what_it_cannot_use(tiny_teacher, tmp_path, conditional_run):
+@pytest.fixture(scope="module")
+def ddpm_run(tmp_path_factory) -> Path:
+    config = TrainConfig(process="ddpm", steps=2, batch_size=16, model=TINY_MODEL, warmup_steps=0, sample_every=0, checkpoint_every=0,
+                         final_grid=False, device="cpu")  # fmt: skip
+    return api.train(config, tmp_path_factory.mktemp("ddpm") / "run")
+
+
+def test_reflow_refuses_what_it_cannot_use(tiny_teacher, tmp_path, conditional_run, ddpm_run):
     expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "a", "--solver", "ancestral"), "adds noise")
     expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "a", "--steps", "0"), "steps")
     expect_usage_error(invoke("reflow", tiny_teacher, "--out", tmp_path / "a", "--pairs", "8"), "batch")
     expect_usage_error(invoke("reflow", tiny_teacher, "--out", tiny_teacher, "--overwrite"), "learn from")
     expect_usage_error(invoke("reflow", conditional_run, "--out", tmp_path / "b"), "class-conditional")
-    expect_usage_error(invoke("distill", tiny_teacher, "--out", tmp_path / "c"), "not trained on reflow pairs")
+    expect_usage_error(invoke("distill", ddpm_run, "--out", tmp_path / "c"), "is a ddpm run", "reflow it first")
     made = invoke("reflow", tiny_teacher, "--out", tmp_path / "d", "--pairs", "16", "--steps", "2", "--train-steps", "2", "--batch-size", "16")
     assert made.exit_code == 0, made.output
     (tmp_path / "d" / "config.json").unlink()  # as if killed before training started

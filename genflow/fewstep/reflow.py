@@ -5,8 +5,8 @@ shows them work.
 - :func:`reflow`: integrate the teacher's ODE from N seeded noises, store the (noise, sample)
   pairs in the new run (:mod:`genflow.data.pairs`), and train a ``rectified-flow`` student on them
   (objective ``reflow``), from the teacher's weights when the teacher is rectified flow.
-- :func:`distill`: a K-step student trained on a reflow run's pairs (objective ``distill``),
-  from that run's weights.
+- :func:`distill`: a K-step student of a rectified-flow run (a k-rectified flow), trained on
+  pairs of that run's own ODE (objective ``distill``, their sec. 2.3), from its weights.
 - :func:`straightness`: ``E int_0^1 ||(x_1 - x_0) - dx/dt||^2 dt`` along the run's ODE
   (their sec. 2.3, eq. 9), per dimension.
 """
@@ -22,7 +22,7 @@ import torch
 from torch import Tensor
 
 from genflow.config import TrainConfig, capped_warmup, merge_values
-from genflow.data.pairs import Manifest, check_plan, generate, read_manifest, write_manifest
+from genflow.data.pairs import Manifest, check_plan, generate, write_manifest
 from genflow.errors import GenflowError
 from genflow.processes.base import GaussianProcess, Model
 from genflow.progress import Reporter, SilentReporter
@@ -33,6 +33,7 @@ from genflow.sampling.sample import SamplingStats, sample
 from genflow.solvers import SOLVERS
 from genflow.solvers.base import BoundModel, NoiseSource
 from genflow.storage import sha256_file
+from genflow.train.session import resume as resume_training
 from genflow.train.session import train
 
 PAIRS_FOLDER = "pairs"
@@ -151,17 +152,28 @@ def reflow(
     check_teacher(loaded, solver, solver_options)
     plan = pair_plan(loaded, pairs, solver, steps, seed, batch_size)
     student = student_config(loaded, out / PAIRS_FOLDER, init, overrides or {})
-    if student.batch_size > pairs:
-        raise GenflowError(f"--pairs {pairs} is fewer than the student's batch of {student.batch_size}; make more pairs or lower --batch-size")
+    return train_on_pairs(loaded, out, plan, student, overrides or {}, overwrite, resume, reporter, **solver_options)
+
+
+def train_on_pairs(
+    teacher: LoadedRun, out: Path, plan: Manifest, student: TrainConfig, overrides: dict[str, Any], overwrite: bool,
+    resume: bool, reporter: Reporter, **solver_options: float | str,
+) -> Path:  # fmt: skip
+    """Make (or, with ``resume``, finish) the planned pairs of ``teacher`` in ``out/pairs``, then
+    train ``student`` on them in ``out`` (or continue its training)."""
+    if student.batch_size > plan.count:
+        raise GenflowError(
+            f"--pairs {plan.count} is fewer than the student's batch of {student.batch_size}; make more pairs or lower --batch-size"
+        )
     if resume:
         check_same_pairs(out / PAIRS_FOLDER, plan)
         if (out / files.CONFIG).is_file():
-            return resume(out, overrides or {}, reporter)
+            return resume_training(out, overrides, reporter)
     else:
         files.new_run_dir(out, "rectified-flow", overwrite)
         files.clear_run(out)
         shutil.rmtree(out / PAIRS_FOLDER, ignore_errors=True)  # --overwrite: another run's pairs go too
-    manifest = make_pairs(loaded, out / PAIRS_FOLDER, plan, reporter, **solver_options)
+    manifest = make_pairs(teacher, out / PAIRS_FOLDER, plan, reporter, **solver_options)
     reporter.note(f"{manifest.count} pairs: {manifest.solver}, {manifest.steps} steps, NFE {manifest.nfe:g}, {manifest.seconds:.1f} s")
     return train(student, out, overwrite=True, reporter=reporter)
 
@@ -180,20 +192,54 @@ def check_distinct(out: Path, source: Path) -> None:
 
 
 def distill(
-    run: str | Path, out: Path, steps_out: int = 1, overrides: dict[str, Any] | None = None, overwrite: bool = False,
+    run: str | Path,
+    out: Path,
+    steps_out: int = 1,
+    pairs: int = 10000,
+    solver: str = DEFAULT_SOLVER,
+    steps: int | None = None,
+    seed: int = 0,
+    overrides: dict[str, Any] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    batch_size: int | None = None,
     reporter: Reporter | None = None,
-) -> Path:  # fmt: skip
-    """Train a ``steps_out``-step rectified-flow student on the reflow pairs of ``run``, from its weights."""
-    run_files = files.read_run(files.resolve_run(run))
-    check_distinct(out, run_files.path)
-    saved = run_files.train_config()
-    if not saved.pairs:
-        raise GenflowError(f"{run_files.path} was not trained on reflow pairs; distill a run made by 'genflow reflow'")
-    if read_manifest(Path(saved.pairs)) is None:
-        raise GenflowError(f"{saved.pairs} holds no reflow pairs (no manifest); make them again with 'genflow reflow'")
-    values = saved.to_dict() | {"objective": "distill", "steps_out": steps_out, "init_from": str(run_files.path.resolve())}
-    config = capped_warmup(TrainConfig.from_dict(merge_values(values, overrides or {}), source="genflow distill").validate())
-    return train(config, out, overwrite=overwrite, reporter=reporter)
+    **solver_options: float | str,
+) -> Path:
+    """Distill the rectified-flow ``run`` (a k-rectified flow: a reflow student, or a run trained
+    on data) into a ``steps_out``-step student, from its weights, on ``pairs`` pairs of its own
+    ODE made in ``out/pairs`` (Liu, Gong & Liu 2022, sec. 2.3: the k-rectified flow's own
+    coupling, which its straighter paths make easy to distill); ``resume`` finishes the pairs,
+    then the training."""
+    reporter = reporter or SilentReporter()
+    if pairs < 1:
+        raise GenflowError(f"--pairs must be >= 1, not {pairs}")
+    loaded = load(run, device="auto")
+    check_distinct(out, loaded.path)
+    if loaded.process.name != "rectified-flow":
+        raise GenflowError(
+            f"{loaded.path} is a {loaded.process.name} run; distillation starts a rectified-flow student from a rectified-flow "
+            f"run's weights: reflow it first ('genflow reflow {run} --out RUN')"
+        )
+    check_teacher(loaded, solver, solver_options)
+    plan = pair_plan(loaded, pairs, solver, steps, seed, batch_size)
+    student = distilled_config(loaded, out / PAIRS_FOLDER, steps_out, overrides or {})
+    return train_on_pairs(loaded, out, plan, student, overrides or {}, overwrite, resume, reporter, **solver_options)
+
+
+def distilled_config(run: LoadedRun, pairs: Path, steps_out: int, overrides: dict[str, Any]) -> TrainConfig:
+    """A distilled student's config: the run's training settings, process options and backbone,
+    objective ``distill`` on its own pairs, started from its weights."""
+    saved = files.RunFiles(run.path, run.config).train_config()
+    values = saved.to_dict() | {
+        "objective": "distill",
+        "steps_out": steps_out,
+        "pairs": str(pairs.resolve()),
+        "init_from": str(run.path.resolve()),
+        "random_flip": False,  # a pair fixes its image's noise
+        "steps": saved.steps or TrainConfig.steps,  # an imported run trained no steps here
+    }
+    return capped_warmup(TrainConfig.from_dict(merge_values(values, overrides), source="genflow distill").validate())
 
 
 @torch.no_grad()
