@@ -224,16 +224,11 @@ def test_nfe_counts_both_halves_of_a_guided_step(solver):
             assert len(recorder.calls) == len(plain.calls) and nfe == unguided * rows / 3
 
 
-DOPRI5_STRAYS = (
-    "torchdiffeq probes t0 + h0 to pick its first step, and once a step ends exactly on a step_t time "
-    "(it compares strictly) it skips the later ones, stepping past t_min and interpolating back"
-)
-
-
-@pytest.mark.xfail(strict=True, reason=DOPRI5_STRAYS)
 def test_dopri5_evaluates_the_model_only_inside_its_grid():
-    """A guided model guides only inside [0, 1]; dopri5 calls it outside (VP: at t = -6.5 for
-    the initial step size, and below t = 0 at 10 steps), where it silently stops guiding."""
+    """A guided model guides only inside [0, 1]; torchdiffeq's dopri5 probed the field outside
+    (VP: at t = -6.5 for its first step size, and below t_min at 10 steps, skipping step times
+    after one it landed on exactly), where guidance silently stopped; genflow integrates each grid
+    interval on its own, starting with a step as long as the interval."""
     for steps in (None, 10):
         process = make_process("sde")
         recorder = CallRecorder(four_blobs().exact_model(process))
@@ -243,7 +238,7 @@ def test_dopri5_evaluates_the_model_only_inside_its_grid():
 
 def test_the_full_interval_guides_wherever_a_solver_asks():
     """Over the default interval every call is guided, even at times a solver strays outside
-    [0, 1] (dopri5 does, above); a narrower interval guides only inside itself."""
+    [0, 1]; a narrower interval guides only inside itself."""
     guided = lambda interval: GuidedModel(NeverCalled(), torch.zeros(2, dtype=torch.long), 4, 2.0, interval)
     assert [guided((0.0, 1.0)).backbone_evaluations(t) for t in (-6.5, 0.0, 0.5, 1.0, 1.0 + 1e-12)] == [2] * 5
     assert [guided((0.2, 0.6)).backbone_evaluations(t) for t in (0.1, 0.2, 0.4, 0.6, 0.7)] == [1, 2, 2, 2, 1]

@@ -36,17 +36,23 @@ def dopri5(model: BoundModel, x: Tensor, times: Tensor, noise: Noise, rtol: floa
 
 
 def _integrate(model: BoundModel, x: Tensor, times: Tensor, rtol: float, atol: float) -> Tensor:
+    """One odeint call per grid interval, each landing on its end (``step_t``), so the field is
+    evaluated only inside ``[t_min, 1]``: given several ``step_t`` times, torchdiffeq skips the
+    later ones once a step ends exactly on one, stepping past the last time and interpolating
+    back. Its choice of the first step probes the field at ``t0 + h0`` (for VP at t = -6.5); that
+    probe, which only sizes the step, is taken at the time clamped into the interval."""
     from torchdiffeq import odeint
-
-    def field(t: Tensor, y: Tensor) -> Tensor:
-        return model.velocity(y, float(t))
 
     time_dtype = torch.float32 if x.device.type == "mps" else torch.float64
     times = times.to(device=x.device, dtype=time_dtype)
-    # step_t makes the integrator land on every grid time instead of stepping past it and
-    # interpolating back, so the field is never evaluated below the last time.
-    path = odeint(field, x, times, rtol=rtol, atol=atol, method="dopri5", options={"step_t": times})
-    return path[-1]
+    for start, end in zip(times[:-1].tolist(), times[1:].tolist(), strict=True):
+
+        def field(t: Tensor, y: Tensor, low: float = end, high: float = start) -> Tensor:
+            return model.velocity(y, min(max(float(t), low), high))
+
+        interval = times.new_tensor([start, end])
+        x = odeint(field, x, interval, rtol=rtol, atol=atol, method="dopri5", options={"step_t": interval[1:]})[-1]
+    return x
 
 
 register(
