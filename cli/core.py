@@ -167,7 +167,11 @@ GuidanceOption = Annotated[
     typer.Option(help="Classifier-free guidance S: uncond + S (cond - uncond); 1 the conditional model, 0 unconditional."),
 ]
 GuidanceIntervalOption = Annotated[
-    str | None, typer.Option(help="Guide only for process times t in LO,HI (e.g. 0.1,0.8); the conditional model elsewhere.")
+    str | None,
+    typer.Option(
+        help="Guide only for process times t in LO,HI (e.g. 0.1,0.8), or for noise levels sigma/alpha in sigma=LO,HI "
+        "(e.g. sigma=0.28,5.42, the same noise for every process); the conditional model elsewhere."
+    ),
 ]
 
 

@@ -96,8 +96,10 @@ def evaluate(
     With --samples, score an .npz of uint8 NHWC images (arr_0) made by any program instead.
     With --metric fid: FID and KID against all the real data in the standard Inception-v3
     features (torch-fidelity's network, from --inception-weights), 50,000 samples by default."""
+    from genflow.solvers.guidance import FULL_INTERVAL, parse_interval
+
     check_counts(None if samples else n, nll_n if nll else None, nll_steps, straightness_steps)
-    conditioning = {"classes": class_spec, "guidance": guidance, "guidance_interval": interval(guidance_interval)}
+    interval = parse_interval(guidance_interval) if guidance_interval else None  # checked before anything is loaded
     if samples is not None and (class_spec is not None or guidance != 1 or guidance_interval is not None):
         raise GenflowError("--class, --guidance and --guidance-interval sample a conditional run; --samples scores a file")
     if samples is None and (data_dir is not None or resolution is not None or dataset != "digits"):
@@ -115,7 +117,8 @@ def evaluate(
 
         runtime = runtime_for(device)  # under torchrun: one share of the samples per process
         loaded = api.load(run, str(runtime.device))
-        scores = api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, **conditioning, runtime=runtime,
+        times = interval.times(loaded.process) if interval else FULL_INTERVAL
+        scores = api.evaluate_run(loaded, n, solver, steps, grid, seed, batch_size, class_spec, guidance, times, runtime=runtime,
                                   metric=metric, inception_weights=inception_weights, **(solver_options or {}))  # fmt: skip
         if scores is None:
             return  # another process's share, scored by the main process
@@ -142,12 +145,6 @@ def evaluate(
         if "fd_per_class" in result:
             print_scores_per_class(result)
 
-
-def interval(spec: str | None) -> tuple[float, float]:
-    """``--guidance-interval LO,HI`` as two times; the whole of [0, 1] when not given."""
-    from genflow.solvers.guidance import FULL_INTERVAL, parse_interval
-
-    return FULL_INTERVAL if spec is None else parse_interval(spec)
 
 
 def check_counts(n: int | None, nll_n: int | None, nll_steps: int, straightness_steps: int = 100) -> None:

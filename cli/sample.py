@@ -60,9 +60,10 @@ def sample(
     from genflow.solvers.guidance import FULL_INTERVAL, parse_interval
 
     api.check_scale(scale)
-    interval = parse_interval(guidance_interval) if guidance_interval else FULL_INTERVAL
+    spec = parse_interval(guidance_interval) if guidance_interval else None
     runtime = runtime_for(device)  # under torchrun: one share of the samples per process
     loaded = api.load(run, str(runtime.device))
+    interval = spec.times(loaded.process) if spec else FULL_INTERVAL
     request = api.ClassRequest.of(loaded, classes, n, seed)
     api.check_conditioning(loaded, request.labels, guidance, interval)
     if out is not None:

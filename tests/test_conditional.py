@@ -100,6 +100,16 @@ def test_guided_sampling_reports_twice_the_nfe(conditional_run):
     assert guided["guidance"] == 3 and guided["classes"] == ["3"]
 
 
+def test_a_guidance_interval_in_noise_levels_is_the_same_noise_for_every_process(conditional_run, tmp_path):
+    """``sigma=LO,HI`` bounds EDM's noise level sigma/alpha; on rectified flow it is t / (1 - t),
+    so sigma=1,3 is t in [1/2, 3/4]: the same samples as those times."""
+    args = ("sample", conditional_run, "--class", "3", "--n", "4", "--steps", "8", "--guidance", "3", "--json")
+    by_level = json.loads(invoke(*args, "--guidance-interval", "sigma=1,3", "--out", tmp_path / "level.npz").stdout)
+    assert by_level["guidance_interval"] == pytest.approx([0.5, 0.75], abs=1e-12)
+    by_time = json.loads(invoke(*args, "--guidance-interval", "0.5,0.75", "--out", tmp_path / "time.npz").stdout)
+    assert by_level["nfe"] == by_time["nfe"] == 8 + 3  # t = 0.75, 0.625, 0.5 guided
+
+
 def test_info_names_the_classes(conditional_run):
     result = invoke("info", conditional_run)
     assert result.exit_code == 0 and "classes" in result.stdout and "label dropout 0.1" in result.stdout
@@ -116,6 +126,8 @@ def test_info_names_the_classes(conditional_run):
         (["--guidance", "2"], ["--guidance needs --class"]),
         (["--class", "1", "--guidance-interval", "0.8,0.2"], ["0 <= LO < HI <= 1"]),
         (["--class", "1", "--guidance-interval", "a,b"], ["--guidance-interval takes two times"]),
+        (["--class", "1", "--guidance-interval", "sigma=5,1"], ["noise levels must satisfy 0 <= LO < HI"]),
+        (["--class", "1", "--guidance-interval", "sigma=1"], ["two noise levels sigma=LO,HI"]),
     ],
 )
 def test_bad_class_and_guidance_arguments_are_one_line(conditional_run, tmp_path, args, fragments):

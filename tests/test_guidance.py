@@ -23,7 +23,7 @@ from genflow import SOLVERS, GenflowError, make_process
 from genflow.processes.cnf import CNF, optimal_transport_pairing
 from genflow.sampling.grids import make_grid
 from genflow.sampling.likelihood import log_likelihood
-from genflow.solvers.guidance import GuidedModel, class_rows
+from genflow.solvers.guidance import GuidedModel, class_rows, parse_interval
 from genflow.toy import GaussianMixture
 from genflow.train.objective import DenoisingObjective
 
@@ -270,6 +270,29 @@ def test_the_guided_choice_at_an_interval_edge_is_made_from_the_exact_time():
     nfe, recorder = recorded_sampling("euler", grid="uniform", steps=10, labels=0, guidance=3.0, guidance_interval=(0.2, 0.8))
     doubled = sum(rows == 6 for rows, _ in recorder.calls)
     assert nfe == 10 + 7 and doubled == 2 * 7  # 0.8, 0.7, ..., 0.2 guided, in both batches
+
+
+@pytest.mark.parametrize("level", [0.05, 0.28, 1.0, 5.42, 40.0])
+def test_the_time_of_a_noise_level_inverts_sigma_over_alpha(process, level):
+    """Every path's noise level sigma/alpha grows with t; the time found has the level asked for,
+    or is the end of the path where the level lies beyond it."""
+    t = process.time_of_noise_level(level)
+    lowest, highest = process.noise_level(0.0), process.noise_level(1.0)
+    if lowest < level < highest:
+        assert process.noise_level(t) == pytest.approx(level, rel=1e-9)
+    else:
+        assert t == (0.0 if level <= lowest else 1.0)
+
+
+def test_a_noise_level_interval_means_the_same_noise_for_every_process():
+    """EDM2's interval (0.28, 5.42] in sigma: the same signal-to-noise ratios on every path, at
+    other times on each (rectified flow: t = sigma / (1 + sigma))."""
+    interval = parse_interval("sigma=0.28,5.42")
+    assert interval.times(make_process("rectified-flow")) == pytest.approx((0.28 / 1.28, 5.42 / 6.42), abs=1e-12)
+    for process in (make_process("ddpm"), make_process("sde", sde="vp"), make_process("cnf")):
+        low, high = interval.times(process)
+        assert (process.noise_level(low), process.noise_level(high)) == pytest.approx((0.28, 5.42), rel=1e-9)
+    assert parse_interval("0.2,0.8").times(make_process("ddpm")) == (0.2, 0.8)
 
 
 class LabelRecorder:

@@ -155,6 +155,26 @@ class GaussianProcess(ABC):
         """The schedule at one time, as floats, computed in float64."""
         return self.schedule(torch.tensor(t, dtype=torch.float64)).item()
 
+    def noise_level(self, t: float) -> float:
+        """EDM's noise level ``sigma(t) / alpha(t)`` at ``t`` (Karras et al. 2022, eq. 4: the path
+        rescaled to ``x0 + level * eps``), the same for every process at the same signal-to-noise
+        ratio; infinite where ``alpha(t) = 0``."""
+        s = self.coefficients(t)
+        return s.sigma / s.alpha if s.alpha > 0 else math.inf
+
+    def time_of_noise_level(self, level: float) -> float:
+        """The time whose :meth:`noise_level` is ``level`` (it grows with ``t`` on every path), by
+        bisection in float64; 0 or 1 where ``level`` lies below or above the path's range."""
+        low, high = 0.0, 1.0
+        if level <= self.noise_level(low):
+            return low
+        if level >= self.noise_level(high):
+            return high
+        for _ in range(100):
+            middle = (low + high) / 2
+            low, high = (middle, high) if self.noise_level(middle) < level else (low, middle)
+        return (low + high) / 2
+
     @property
     def prior_std(self) -> float:
         """Standard deviation of the prior ``N(0, sigma(1)^2 I)`` that sampling starts from."""

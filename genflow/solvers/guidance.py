@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from genflow.errors import GenflowError
@@ -28,6 +29,8 @@ from genflow.registry import did_you_mean
 
 if TYPE_CHECKING:
     from torch import Tensor
+
+    from genflow.processes.base import GaussianProcess
 
 torch = lazy_import("torch")
 
@@ -154,13 +157,42 @@ def class_index(item: str, classes: Sequence[str]) -> int:
     return index
 
 
-def parse_interval(spec: str) -> tuple[float, float]:
-    """``--guidance-interval LO,HI`` as two times, checked like :func:`check_guidance`."""
+@dataclass(frozen=True)
+class GuidanceInterval:
+    """``--guidance-interval``: ``LO,HI`` in process time, or ``sigma=LO,HI`` in EDM's noise
+    level ``sigma(t) / alpha(t)``, which means the same noise for every process, as EDM2 and
+    Kynkaanniemi et al. 2024 state their intervals (``sigma=0.28,5.42``)."""
+
+    low: float
+    high: float
+    in_noise_levels: bool = False
+
+    def times(self, process: GaussianProcess) -> tuple[float, float]:
+        """The interval in ``process``'s times."""
+        if not self.in_noise_levels:
+            return self.low, self.high
+        return process.time_of_noise_level(self.low), process.time_of_noise_level(self.high)
+
+
+def parse_interval(spec: str) -> GuidanceInterval:
+    """``--guidance-interval LO,HI`` (two times, checked like :func:`check_guidance`) or
+    ``sigma=LO,HI`` (two noise levels, ``0 <= LO < HI``)."""
+    in_noise_levels = spec.startswith("sigma=")
     try:
-        values = [float(item) for item in spec.split(",")]
+        values = [float(item) for item in spec.removeprefix("sigma=").split(",")]
     except ValueError:
-        raise GenflowError(f"--guidance-interval takes two times LO,HI such as 0.1,0.8, not {spec!r}") from None
-    return check_guidance(1.0, values)
+        values = []
+    if len(values) != 2:
+        raise GenflowError(
+            f"--guidance-interval takes two times LO,HI such as 0.1,0.8, or two noise levels sigma=LO,HI such as "
+            f"sigma=0.28,5.42, not {spec!r}"
+        )
+    if not in_noise_levels:
+        return GuidanceInterval(*check_guidance(1.0, values))
+    low, high = values
+    if not (0 <= low < high and math.isfinite(low)):
+        raise GenflowError(f"guidance noise levels must satisfy 0 <= LO < HI, not {low:g},{high:g}")
+    return GuidanceInterval(low, high, in_noise_levels=True)
 
 
 def conditioning(
