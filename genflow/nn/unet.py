@@ -48,8 +48,25 @@ class UNetConfig:
         if self.diffusers is None:
             self.check_shape()
 
+    def check_values(self) -> None:
+        """Refuse, naming the option, a value of the wrong type or outside its range (``-o model.KEY``
+        values come from the command line): before any file is written or any layer built."""
+        for name in ("channels", "resolution", "layers_per_block", "norm_groups"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise GenflowError(f"model.{name} must be a whole number >= 1, not {value!r}")
+        channels = self.block_channels
+        if not isinstance(channels, tuple) or not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
+            raise GenflowError(f"model.block_channels must be a list of whole numbers >= 1 such as [32,64,64], not {channels!r}")
+        if not isinstance(self.attention, tuple) or not all(isinstance(a, bool) for a in self.attention):
+            raise GenflowError(f"model.attention must be a list of true/false such as [false,true,false], not {self.attention!r}")
+        dropout = self.dropout
+        if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
+            raise GenflowError(f"model.dropout must be a number from 0 to below 1, not {dropout!r}")
+
     def check_shape(self) -> None:
         """Refuse a shape genflow's builder cannot make, naming the option."""
+        self.check_values()
         if len(self.attention) != len(self.block_channels):
             raise GenflowError("model.attention needs one true/false per entry of model.block_channels")
         if any(c % self.norm_groups for c in self.block_channels):
