@@ -22,7 +22,7 @@ from typing import Any, get_type_hints
 from genflow.errors import GenflowError
 from genflow.processes import PROCESSES, make_process
 from genflow.registry import did_you_mean
-from genflow.values import typed_value
+from genflow.values import check_seed, typed_value
 
 PRESETS: Traversable = resources.files("genflow.configs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -108,6 +108,7 @@ class TrainConfig:
             raise GenflowError(f"label_dropout must be in [0, 1) (the share of labels replaced by the null label), not {self.label_dropout!r}")
         if not 0 <= self.ema_decay < 1:
             raise GenflowError(f"ema_decay must be in [0, 1), not {self.ema_decay!r}")
+        check_seed(self.seed)
         if self.device not in DEVICES:
             raise GenflowError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
         if self.precision not in PRECISIONS:

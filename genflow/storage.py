@@ -93,8 +93,15 @@ def load_weights(path: Path) -> dict[str, Tensor]:
 
 
 def load_matching(module: nn.Module, tensors: dict[str, Tensor], source: Path) -> None:
-    """Load ``tensors`` into ``module`` when every name and shape matches; else one clear error."""
+    """Load ``tensors`` into ``module`` when every name and shape matches and every value is
+    finite (NaN weights would sample black images and score nonsense); else one clear error."""
     expected = module.state_dict()
+    broken = next((name for name in sorted(tensors) if tensors[name].is_floating_point() and not torch.isfinite(tensors[name]).all()), None)
+    if broken is not None:
+        raise GenflowError(
+            f"{source} holds non-finite weights ({broken!r} has NaN or inf): it cannot be sampled, scored, exported or "
+            "trained on; use an earlier checkpoint of the run, or train it again"
+        )
     for name in sorted(expected.keys() | tensors.keys()):
         if name not in tensors or name not in expected or tensors[name].shape != expected[name].shape:
             found = tuple(tensors[name].shape) if name in tensors else "nothing"

@@ -22,3 +22,15 @@ def typed_value(key: str, value: Any, hint: Any) -> Any:
     if isinstance(value, kind) and (kind is bool or not isinstance(value, bool)):
         return value
     raise GenflowError(f"{key} must be {TYPE_NAMES.get(kind, kind.__name__)}, not {value!r}")
+
+
+SEED_LIMIT = 2**63
+"""Seeds lie in ``[-2**63, 2**63)``: what torch's generators take, with room for per-sample seeds."""
+
+
+def check_seed(seed: Any, count: int = 1, name: str = "seed") -> int:
+    """``seed`` if it and the ``count - 1`` per-sample seeds after it (``seed + i``) are whole
+    numbers a generator takes; else one line naming the range."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or not -SEED_LIMIT <= seed <= SEED_LIMIT - count:
+        raise GenflowError(f"{name} must be a whole number from {-SEED_LIMIT} to {SEED_LIMIT - count}, not {seed!r}")
+    return seed

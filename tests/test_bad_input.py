@@ -4,6 +4,7 @@ traceback, and leaves every file and folder of its workspace exactly as it was."
 from __future__ import annotations
 
 import hashlib
+import json
 import pickle
 import shutil
 from collections.abc import Callable
@@ -78,6 +79,31 @@ def without_checkpoints(ws: Workspace) -> Path:
     return run
 
 
+def nan_weights(path: Path) -> None:
+    """Every weight in the safetensors file ``path`` made NaN, as a diverged run's would be."""
+    from safetensors.torch import load_file
+
+    save_file({name: value * float("nan") for name, value in load_file(str(path)).items()}, str(path))
+
+
+def with_nan_weights(ws: Workspace) -> Path:
+    run = ws.copy_of_run("nan")
+    nan_weights(run / "ema.safetensors")
+    return run
+
+
+def with_a_nan_checkpoint(ws: Workspace) -> Path:
+    """A run (its budget raised, so a resume has steps to take) whose every checkpoint holds NaN
+    model weights under a manifest that verifies: what a resume would otherwise train on."""
+    run = ws.copy_of_run("nan-checkpoints")
+    for checkpoint in (run / "checkpoints").glob("step-*"):
+        nan_weights(checkpoint / "model.safetensors")
+        manifest = json.loads((checkpoint / "manifest.json").read_text())
+        manifest["files"]["model.safetensors"] = hashlib.sha256((checkpoint / "model.safetensors").read_bytes()).hexdigest()
+        (checkpoint / "manifest.json").write_text(json.dumps(manifest))
+    return run
+
+
 def samples_file(ws: Workspace, name: str, count: int) -> Path:
     """A samples file of ``count`` blank 8x8 grey images (uint8 NHWC under arr_0)."""
     path = ws.path(name)
@@ -133,6 +159,15 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "backbone attention not booleans": (lambda ws: ["train", "-o", "model.attention=[1,0]", "--out", ws.path("m5")], ("model.attention must be a list of true/false",)),
     "backbone layers fractional": (lambda ws: ["train", "-o", "model.layers_per_block=1.5", "--out", ws.path("m6")], ("model.layers_per_block",)),
     "backbone key in print-config": (lambda ws: ["train", "-o", "model.block_channels=abc", "--print-config"], ("model.block_channels must be a list",)),
+    "sample of NaN weights": (lambda ws: ["sample", with_nan_weights(ws), "--out", ws.path("nan.png")], ("ema.safetensors holds non-finite weights",)),
+    "eval of NaN weights": (lambda ws: ["eval", ws.path("nan")], ("ema.safetensors holds non-finite weights",)),
+    "export of NaN weights": (lambda ws: ["export", ws.path("nan"), ws.path("nan-export")], ("non-finite weights",)),
+    "resume from NaN weights": (lambda ws: ["train", "--resume", with_a_nan_checkpoint(ws), "--steps", 12], ("model.safetensors holds non-finite weights",)),
+    "out is a file": (lambda ws: ["train", "--steps", 1, "--out", existing_file(ws, "a-file")], ("is a file, not a folder",)),
+    "sample on an unknown device": (lambda ws: ["sample", ws.run, "--device", "tpu", "--out", ws.path("tpu.png")], ("device must be one of auto, cpu, cuda, mps",)),
+    "eval on an unknown device": (lambda ws: ["eval", ws.run, "--device", "tpu"], ("device must be one of",)),
+    "sample seed beyond 64 bits": (lambda ws: ["sample", ws.run, "--seed", 2**70, "--out", ws.path("seed.png")], ("seed must be a whole number from",)),
+    "train seed beyond 64 bits": (lambda ws: ["train", "--seed", 2**70, "--out", ws.path("seed-run")], ("seed must be a whole number from",)),
     "missing run": (lambda ws: ["sample", ws.path("no-such-run")], ("does not exist",)),
     "folder that is not a run": (lambda ws: ["sample", ws.image_folder("not-a-run", [])], ("not a genflow run",)),
     "resume a folder that is not a run": (lambda ws: ["train", "--resume", ws.image_folder("not-a-run-either", [])], ("not a genflow run",)),

@@ -156,6 +156,8 @@ def new_run_dir(out: Path | None, process: str, overwrite: bool) -> Path:
     """``out``, or ``runs/<time>-<process>``; an existing non-empty ``out`` is refused
     unless ``overwrite`` (then the previous run's files in it are replaced)."""
     run_dir = out or DEFAULT_RUNS / f"{time.strftime('%Y%m%d-%H%M%S')}-{process}"
+    if run_dir.exists() and not run_dir.is_dir():
+        raise GenflowError(f"{run_dir} is a file, not a folder; choose another --out (a run is a folder)")
     if run_dir.exists() and any(run_dir.iterdir()) and not overwrite:
         raise GenflowError(f"{run_dir} exists and is not empty; choose another --out or pass --overwrite")
     try:

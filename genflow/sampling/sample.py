@@ -15,6 +15,7 @@ from genflow.processes.base import Model
 from genflow.sampling.grids import check_grid, make_grid
 from genflow.solvers import SOLVERS, BoundModel, NoiseSource, SolverSpec
 from genflow.solvers.guidance import FULL_INTERVAL, conditioning
+from genflow.values import check_seed
 
 DEFAULT_STEPS = 20
 
@@ -109,9 +110,10 @@ def sample(
 
 
 def per_sample_seeds(seed: int | Sequence[int], n: int) -> list[int]:
+    """One seed per sample: ``seed + i``, or the ``n`` seeds given; each one a generator takes."""
     if isinstance(seed, int):
-        return list(range(seed, seed + n))
-    seeds = [int(s) for s in seed]
+        return list(range(check_seed(seed, n), seed + n))
+    seeds = [check_seed(int(s)) for s in seed]
     if len(seeds) != n:
         raise GenflowError(f"give one seed, or one per sample ({n}), not {len(seeds)}")
     return seeds

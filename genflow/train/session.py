@@ -211,14 +211,14 @@ def resume(
         done = checkpoint.step if checkpoint else 0
         if setup.config.steps < done:
             raise GenflowError(f"{path} is already at step {done}; --steps must be at least {done}")
+        if checkpoint is not None:
+            setup = dataclasses.replace(setup, initial_weights=None)  # the checkpoint's weights replace them
+        trainer = Trainer(setup, path, reporter)
+        trainer.resume_from(checkpoint)  # its weights checked (fitting, finite) before anything in the run is rewritten
         changes = resume_rules.changes(saved, setup.config)
         if changes:
             reporter.note("resume changes " + ", ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in changes.items()))
         runtime.decide(lambda: record_resume(run_files, setup, checkpoint, changes))
-        if checkpoint is not None:
-            setup = dataclasses.replace(setup, initial_weights=None)  # the checkpoint's weights replace them
-        trainer = Trainer(setup, path, reporter)
-        trainer.resume_from(checkpoint)
         trainer.run()
     return path
 
