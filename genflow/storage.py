@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterable
@@ -77,9 +78,22 @@ def cpu_state_dict(module: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
 
 
+def save_safetensors(tensors: dict[str, Tensor], path: Path) -> None:
+    """safetensors' ``save_file``, its I/O failures raised as the ``OSError`` they are: it raises
+    its own ``SafetensorError`` ("... No space left on device (os error 28)") for a full disk,
+    which every caller's ``except OSError`` would miss."""
+    try:
+        save_file(tensors, str(path))
+    except SafetensorError as error:
+        code = re.search(r"\(os error (\d+)\)", str(error))
+        if code is None:
+            raise
+        raise OSError(int(code.group(1)), os.strerror(int(code.group(1))), str(path)) from error
+
+
 def save_weights(path: Path, module: nn.Module) -> None:
     state = cpu_state_dict(module)
-    atomic_write(path, lambda tmp: save_file(state, str(tmp)))
+    atomic_write(path, lambda tmp: save_safetensors(state, tmp))
 
 
 def load_weights(path: Path) -> dict[str, Tensor]:

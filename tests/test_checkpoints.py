@@ -5,7 +5,6 @@ previous checkpoint."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import signal
@@ -14,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import TINY_MODEL
+from safetensors import SafetensorError
 
 from genflow import api
 from genflow.config import TrainConfig
@@ -242,19 +242,24 @@ def test_nonfinite_weights_are_never_saved(tmp_path):
     assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000000"]
 
 
-def test_disk_full_while_saving_keeps_the_previous_checkpoint(reference, tmp_path, monkeypatch):
-    import genflow.runs.checkpoint as checkpoint_module
+FULL_DISK = "Error while serializing: I/O error: No space left on device (os error 28)"
+"""What safetensors raises (its own SafetensorError, not an OSError) writing to a full disk: seen
+on a 64 KiB tmpfs."""
 
-    real_save, calls = checkpoint_module.save_file, []
+
+def test_disk_full_while_saving_keeps_the_previous_checkpoint(reference, tmp_path, monkeypatch):
+    import genflow.storage as storage_module
+
+    real_save, calls = storage_module.save_file, []
 
     def fills_up(tensors, path):
         calls.append(path)
         if len(calls) == 6:  # the second file of the step-20 checkpoint
             Path(path).write_bytes(b"partial")
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+            raise SafetensorError(FULL_DISK)
         real_save(tensors, path)
 
-    monkeypatch.setattr(checkpoint_module, "save_file", fills_up)
+    monkeypatch.setattr(storage_module, "save_file", fills_up)
     run = tmp_path / "run"
     with pytest.raises(GenflowError) as error:
         api.train(tiny_config(), run)
@@ -262,7 +267,7 @@ def test_disk_full_while_saving_keeps_the_previous_checkpoint(reference, tmp_pat
     assert "No space left on device" in message and "step-00000010 is intact" in message and "--resume" in message
     assert sorted(p.name for p in (run / CHECKPOINTS).iterdir()) == ["latest", "step-00000010"]  # no half-written folder
     assert read_checkpoint(run / CHECKPOINTS / "step-00000010").step == 10
-    monkeypatch.setattr(checkpoint_module, "save_file", real_save)
+    monkeypatch.setattr(storage_module, "save_file", real_save)
     api.resume(run)
     assert_same_run(run, reference)
 

@@ -21,12 +21,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor
 
 from genflow.errors import GenflowError
 from genflow.solvers import NoiseSource
-from genflow.storage import atomic_write, remove_temporaries, sha256_file, write_json
+from genflow.storage import atomic_write, remove_temporaries, save_safetensors, sha256_file, write_json
 
 MANIFEST = "manifest.json"
 PAIRS_FORMAT = "genflow-pairs/1"
@@ -151,7 +151,7 @@ def generate(
 
 def write_shard(path: Path, tensors: dict[str, Tensor]) -> None:
     """One shard, written whole under a temporary name and renamed."""
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(path, lambda tmp: save_safetensors(tensors, tmp))
 
 
 def read_pairs(folder: Path, teacher: dict[str, Any] | None = None) -> dict[str, Tensor]:

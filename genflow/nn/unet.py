@@ -41,6 +41,9 @@ class UNetConfig:
     only describe it); ``None`` for genflow's own backbone, built from the fields above."""
 
     def __post_init__(self) -> None:
+        for name in ("block_channels", "attention"):  # lists from JSON, TOML or a caller's literal
+            if isinstance(getattr(self, name), list):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
         if self.time_embedding not in TIME_EMBEDDINGS:
             raise GenflowError(f"model.time_embedding must be one of {', '.join(TIME_EMBEDDINGS)}, not {self.time_embedding!r}")
         if not isinstance(self.num_classes, int) or self.num_classes < 0:

@@ -20,10 +20,17 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import save_file
 
 from genflow.errors import GenflowError
-from genflow.storage import TEMPORARY_SUFFIX, atomic_write, fsync_path, load_weights, make_shareable, sha256_file
+from genflow.storage import (
+    TEMPORARY_SUFFIX,
+    atomic_write,
+    fsync_path,
+    load_weights,
+    make_shareable,
+    save_safetensors,
+    sha256_file,
+)
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -58,7 +65,7 @@ def write_checkpoint(
         files = {}
         for group, tensors in groups.items():
             file = tmp / f"{group}.safetensors"
-            save_file(tensors, str(file))
+            save_safetensors(tensors, file)
             fsync_path(file)
             make_shareable(file)
             files[file.name] = sha256_file(file)
