@@ -118,6 +118,11 @@ class TrainConfig:
         return self
 
     def check_data_options(self) -> None:
+        if self.data_dir is not None and self.dataset == "digits":
+            raise GenflowError(
+                f"the digits ship inside scikit-learn and read no --data-dir ({self.data_dir}); for a folder of images pass "
+                "--dataset FOLDER, for MNIST, Fashion-MNIST or CIFAR-10 files --dataset NAME --data-dir DIR"
+            )
         if self.resolution is not None and not (isinstance(self.resolution, int) and 1 <= self.resolution <= MAX_RESOLUTION):
             raise GenflowError(f"resolution must be a whole number of pixels from 1 to {MAX_RESOLUTION}, not {self.resolution!r}")
         if self.bad_images not in BAD_IMAGES:

@@ -126,6 +126,7 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
                                       ("cannot read 'mnist'", "train-images-idx3-ubyte, train-labels-idx1-ubyte", "nothing/MNIST/raw", "gunzip")),
     "cifar10 without files": (lambda ws: ["train", "--dataset", "cifar10", "--data-dir", ws.path("nothing")],
                               ("no CIFAR-10 under", "nothing", "cifar-10-batches-bin/", "cifar-10-binary.tar.gz", "downloads nothing")),
+    "data dir without a dataset": (lambda ws: ["train", "--data-dir", ws.image_folder("imgs", [("L", 8)]), "--steps", 1], ("read no --data-dir", "--dataset FOLDER")),
     "resolution for the digits": (lambda ws: ["train", "--resolution", 16, "--steps", 1], ("digits are 8x8", "--resolution")),
     "resolution of zero": (lambda ws: ["train", "--dataset", ws.image_folder("tiny", [("L", 8)]), "--resolution", 0], ("resolution must be",)),
     "unknown bad_images": (lambda ws: ["train", "-o", "bad_images=ignore"], ("bad_images must be one of error, skip",)),
