@@ -142,17 +142,29 @@ def reflow(
     """Make ``pairs`` (noise, sample) pairs of ``teacher``'s ODE in ``out/pairs`` and train a
     rectified-flow student on them in ``out``; ``resume`` finishes the pairs, then the training.
     ``overrides`` are training config values (``steps``, ``batch_size``, ``lr``, ...)."""
-    reporter = reporter or SilentReporter()
-    if pairs < 1:
-        raise GenflowError(f"--pairs must be >= 1, not {pairs}")
     if init not in ("auto", "teacher", "scratch"):
         raise GenflowError(f"--init must be auto, teacher or scratch, not {init!r}")
+    loaded, plan = planned_teacher(teacher, out, pairs, solver, steps, seed, batch_size, solver_options)
+    student = student_config(loaded, out / PAIRS_FOLDER, init, overrides or {})
+    return train_on_pairs(loaded, out, plan, student, overrides or {}, overwrite, resume, reporter or SilentReporter(), **solver_options)
+
+
+def planned_teacher(
+    teacher: str | Path, out: Path, pairs: int, solver: str, steps: int | None, seed: int, batch_size: int | None,
+    solver_options: dict, process: str | None = None,
+) -> tuple[LoadedRun, Manifest]:  # fmt: skip
+    """The teacher loaded and checked (of ``process`` when given), and the plan of its ``pairs`` pairs."""
+    if pairs < 1:
+        raise GenflowError(f"--pairs must be >= 1, not {pairs}")
     loaded = load(teacher, device="auto")
     check_distinct(out, loaded.path)
+    if process is not None and loaded.process.name != process:
+        raise GenflowError(
+            f"{loaded.path} is a {loaded.process.name} run; distillation starts a {process} student from a {process} "
+            f"run's weights: reflow it first ('genflow reflow {teacher} --out RUN')"
+        )
     check_teacher(loaded, solver, solver_options)
-    plan = pair_plan(loaded, pairs, solver, steps, seed, batch_size)
-    student = student_config(loaded, out / PAIRS_FOLDER, init, overrides or {})
-    return train_on_pairs(loaded, out, plan, student, overrides or {}, overwrite, resume, reporter, **solver_options)
+    return loaded, pair_plan(loaded, pairs, solver, steps, seed, batch_size)
 
 
 def train_on_pairs(
@@ -211,20 +223,9 @@ def distill(
     ODE made in ``out/pairs`` (Liu, Gong & Liu 2022, sec. 2.3: the k-rectified flow's own
     coupling, which its straighter paths make easy to distill); ``resume`` finishes the pairs,
     then the training."""
-    reporter = reporter or SilentReporter()
-    if pairs < 1:
-        raise GenflowError(f"--pairs must be >= 1, not {pairs}")
-    loaded = load(run, device="auto")
-    check_distinct(out, loaded.path)
-    if loaded.process.name != "rectified-flow":
-        raise GenflowError(
-            f"{loaded.path} is a {loaded.process.name} run; distillation starts a rectified-flow student from a rectified-flow "
-            f"run's weights: reflow it first ('genflow reflow {run} --out RUN')"
-        )
-    check_teacher(loaded, solver, solver_options)
-    plan = pair_plan(loaded, pairs, solver, steps, seed, batch_size)
+    loaded, plan = planned_teacher(run, out, pairs, solver, steps, seed, batch_size, solver_options, process="rectified-flow")
     student = distilled_config(loaded, out / PAIRS_FOLDER, steps_out, overrides or {})
-    return train_on_pairs(loaded, out, plan, student, overrides or {}, overwrite, resume, reporter, **solver_options)
+    return train_on_pairs(loaded, out, plan, student, overrides or {}, overwrite, resume, reporter or SilentReporter(), **solver_options)
 
 
 def distilled_config(run: LoadedRun, pairs: Path, steps_out: int, overrides: dict[str, Any]) -> TrainConfig:
