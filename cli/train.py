@@ -11,6 +11,7 @@ import genflow
 from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, say, with_flags
 from genflow.config import resolve_config, route_assignments, to_toml, training_keys
 from genflow.data.datasets import DATASETS
+from genflow.nn.backbones import BACKBONES
 from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
 from genflow.progress import reporter_for
@@ -35,6 +36,9 @@ def train(
     ] = None,
     random_flip: Annotated[
         bool | None, typer.Option("--random-flip/--no-random-flip", help="Mirror training images left-right at random (p = 1/2).")
+    ] = None,
+    backbone: Annotated[
+        str | None, typer.Option(help=f"Network: {', '.join(BACKBONES.names())} (default unet; sizes with -o model.KEY, such as model.size=S/2).")
     ] = None,
     conditional: Annotated[
         bool | None,
@@ -87,7 +91,7 @@ def train(
     ] = False,
     named_options: dict | None = None,
 ) -> None:
-    """Train the shared UNet under a process (rectified flow on the embedded digits by default).
+    """Train the shared backbone (a UNet, or a DiT with --backbone dit) under a process (rectified flow on the embedded digits by default).
     Ctrl-C or SIGTERM saves a checkpoint and exits 130 or 143; --resume RUN continues it.
     Every process option is a flag (below) or -o key=value. Under 'torchrun --nproc-per-node N
     -m genflow train' (or 'accelerate launch') the same run trains on N processes."""
@@ -99,6 +103,8 @@ def train(
         "checkpoint_every": checkpoint_every, "keep_checkpoints": keep_checkpoints, "log_every": log_every,
         "warmup_steps": warmup_steps, "ema_decay": ema_decay, "final_grid": final_grid,
     }  # fmt: skip
+    if backbone is not None:
+        assigned["model"]["backbone"] = backbone
     overrides = assigned | {k: v for k, v in flags.items() if v is not None}
     overrides["process_options"] = assigned["process_options"] | (named_options or {})
     if resume is not None:

@@ -183,7 +183,7 @@ def test_an_unfinished_run_samples_from_its_newest_checkpoint(tmp_path):
     interrupted_run(run, at=20)
     loaded = api.load(run, device="cpu")
     ema = read_checkpoint(run / CHECKPOINTS / "step-00000020").tensors("ema")
-    assert all(torch.equal(v, ema[f"unet.{k}"]) for k, v in loaded.model.unet.state_dict().items())
+    assert all(torch.equal(v, ema[f"backbone.{k}"]) for k, v in loaded.model.backbone.state_dict().items())
 
 
 def flaky_training(run: Path, bad: set[int], monkeypatch, **changes) -> Recorder:

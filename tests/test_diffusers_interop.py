@@ -113,11 +113,11 @@ def test_a_discrete_step_feeds_the_backbone_diffusers_integer_timestep(schedule)
     with torch.no_grad():
         for k in (0, 1, 499, 998, 999):
             times = torch.full((4,), (k + 1) / 1000, dtype=torch.float32)
-            assert torch.equal(model(x, times), model.unet(x, k).sample), k
+            assert torch.equal(model(x, times), model.backbone(x, k).sample), k
         legacy = Preconditioner(UNetConfig(**TINY_MODEL, time_embedding="999t"), process.schedule, process.discrete_steps)
         legacy.load_state_dict(model.state_dict())
         times = torch.full((4,), 0.5, dtype=torch.float32)
-        assert not torch.equal(legacy(x, times), model.unet(x, 499).sample)
+        assert not torch.equal(legacy(x, times), model.backbone(x, 499).sample)
 
 
 # --- export ------------------------------------------------------------------------------
@@ -129,7 +129,7 @@ def test_an_exported_ddpm_run_is_a_diffusers_ddpm_pipeline(ddpm_export):
     assert type(pipeline).__name__ == "DDPMPipeline" and type(pipeline.scheduler).__name__ == "DDPMScheduler"
     assert (folder / "unet" / "diffusion_pytorch_model.safetensors").is_file()
     assert not list(folder.rglob("*.bin"))
-    stored = api.load(run, device="cpu").model.unet.state_dict()
+    stored = api.load(run, device="cpu").model.backbone.state_dict()
     assert all(torch.equal(v, stored[k]) for k, v in pipeline.unet.state_dict().items())
 
 

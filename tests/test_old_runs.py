@@ -34,7 +34,7 @@ def assert_close_weights(a: Path, b: Path) -> None:
 def test_an_old_run_samples_scores_and_shows(old_run, tmp_path):
     loaded = api.load(old_run, device="cpu")
     stored = load_file(str(old_run / "ema.safetensors"))
-    assert all(torch.equal(v, stored[k]) for k, v in loaded.model.unet.state_dict().items())
+    assert all(torch.equal(v, stored[k]) for k, v in loaded.model.backbone.state_dict().items())
     assert loaded.process.name == "rectified-flow" and loaded.config["train"]["steps"] == 4
     assert invoke("sample", old_run, "--n", "4", "--steps", "2", "--out", tmp_path / "s.npz").exit_code == 0
     scored = invoke("eval", old_run, "--n", "32", "--steps", "2", "--json")

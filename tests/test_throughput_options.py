@@ -77,9 +77,9 @@ def test_gradient_checkpointing_gives_the_same_gradients():
         return [p.grad.clone() for p in model.parameters()]
 
     plain = gradients()
-    model.unet.enable_gradient_checkpointing()
+    model.backbone.enable_gradient_checkpointing()
     checkpointed = gradients()
-    assert model.unet.is_gradient_checkpointing
+    assert model.backbone.is_gradient_checkpointing
     for a, b in zip(plain, checkpointed, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 

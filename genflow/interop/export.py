@@ -11,7 +11,8 @@ genflow installed.
   the weights (diffusers' custom-pipeline mechanism) that steps with diffusers'
   ``FlowMatchEulerDiscreteScheduler``: no stock pipeline runs a ``UNet2DModel`` on a
   flow-matching schedule or scales its input as genflow's preconditioner does.
-- Refused, with the reason: the score SDEs (their continuous schedules have no discrete
+- Refused, with the reason: DiT runs (diffusers' ``DiTPipeline`` decodes latents with a VAE,
+  and genflow's DiT runs are on pixels), the score SDEs (their continuous schedules have no discrete
   scheduler config that reproduces them), class-conditional runs (these pipelines take no
   labels), other predictions, and DDPM runs trained before genflow fed the step index.
 
@@ -46,13 +47,13 @@ REFUSED = {
 
 def ddpm_pipeline(loaded) -> object:
     """``DDPMPipeline`` + ``DDPMScheduler``: ancestral sampling (Ho et al. 2020, Algorithm 2)."""
-    return diffusers.DDPMPipeline(unet=loaded.model.unet, scheduler=diffusers.DDPMScheduler(**scheduler_config(loaded.process)))
+    return diffusers.DDPMPipeline(unet=loaded.model.backbone, scheduler=diffusers.DDPMScheduler(**scheduler_config(loaded.process)))
 
 
 def ddim_pipeline(loaded) -> object:
     """``DDIMPipeline`` + ``DDIMScheduler`` (Song, Meng & Ermon 2021), the last step to alpha_bar = 1."""
     scheduler = diffusers.DDIMScheduler(**scheduler_config(loaded.process), set_alpha_to_one=True)
-    return diffusers.DDIMPipeline(unet=loaded.model.unet, scheduler=scheduler)
+    return diffusers.DDIMPipeline(unet=loaded.model.backbone, scheduler=scheduler)
 
 
 def flow_pipeline_of(loaded) -> object:
@@ -61,7 +62,7 @@ def flow_pipeline_of(loaded) -> object:
         raise GenflowError(f"a flow export needs a velocity prediction, and this run predicts {loaded.process.prediction}")
     scheduler = diffusers.FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
     sigma_min = float(getattr(loaded.process, "sigma_min", 0.0))
-    return flow_pipeline.GenflowFlowPipeline(unet=loaded.model.unet, scheduler=scheduler, sigma_min=sigma_min)
+    return flow_pipeline.GenflowFlowPipeline(unet=loaded.model.backbone, scheduler=scheduler, sigma_min=sigma_min)
 
 
 EXPORT_TARGETS: dict[str, Callable] = {
@@ -78,6 +79,11 @@ def pipeline_for(loaded) -> object:
     name = loaded.process.name
     if name in REFUSED:
         raise GenflowError(f"cannot export a {name} run: {REFUSED[name]}")
+    if loaded.model.config.name != "unet":
+        raise GenflowError(
+            f"cannot export a {loaded.model.config.name} run: diffusers' DiTPipeline samples latents through a VAE, and "
+            "genflow trains DiTs on pixels; sample it with genflow sample"
+        )
     if loaded.model.config.num_classes:
         raise GenflowError("cannot export a class-conditional run: diffusers' unconditional pipelines take no class labels")
     if loaded.process.discrete_steps and loaded.model.config.time_embedding != "step":

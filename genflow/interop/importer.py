@@ -130,7 +130,7 @@ def load_backbone(folder: DiffusersFolder, process: GaussianProcess) -> Precondi
     finally:
         logging.set_verbosity(verbosity)
     model = Preconditioner(backbone_config(dict(unet.config)), process.schedule, process.discrete_steps)
-    model.unet.load_state_dict(unet.state_dict())
+    model.backbone.load_state_dict(unet.state_dict())
     return model
 
 
@@ -157,7 +157,7 @@ def import_diffusers(folder: str | Path, out: Path | None = None, overwrite: boo
     model = load_backbone(source, process)
     run_dir = files.new_run_dir(out, process.name, overwrite)
     files.clear_run(run_dir)
-    save_weights(run_dir / files.EMA_WEIGHTS, model.unet)
+    save_weights(run_dir / files.EMA_WEIGHTS, model.backbone)
     write_json(run_dir / files.CONFIG, import_record(source, process, model, __version__))
     if files.is_default_location(out, run_dir):
         files.point_latest(run_dir.parent, run_dir)

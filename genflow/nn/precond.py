@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from genflow.errors import GenflowError
-from genflow.nn.unet import UNetConfig, build_unet
+from genflow.nn.backbones import BackboneConfig
 
 TIMESTEP_SCALE = 999.0
 NODE_TOLERANCE = 1e-3
@@ -41,16 +41,26 @@ class Scales(Protocol):
 Schedule = Callable[[Tensor], Scales]
 
 
-class Preconditioner(nn.Module):
-    """``Preconditioner(config, schedule)(x, t, labels=None) -> prediction``; the backbone is
-    ``.unet`` (its state dict keys are ``unet.*``)."""
+LEGACY_PREFIX, PREFIX = "unet.", "backbone."
+"""Checkpoints written before the DiT backbone name the backbone's weights ``unet.*``."""
 
-    def __init__(self, config: UNetConfig, schedule: Schedule, discrete_steps: int | None = None) -> None:
+
+class Preconditioner(nn.Module):
+    """``Preconditioner(config, schedule)(x, t, labels=None) -> prediction``; the backbone (a
+    UNet or a DiT, :mod:`genflow.nn.backbones`) is ``.backbone``, its state dict keys
+    ``backbone.*``."""
+
+    def __init__(self, config: BackboneConfig, schedule: Schedule, discrete_steps: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.schedule = schedule
         self.discrete_steps = discrete_steps
-        self.unet = build_unet(config)
+        self.backbone = config.build()
+
+    @staticmethod
+    def current_keys(tensors: dict[str, Tensor]) -> dict[str, Tensor]:
+        """A preconditioner's saved state dict with the keys of older checkpoints renamed."""
+        return {PREFIX + k.removeprefix(LEGACY_PREFIX) if k.startswith(LEGACY_PREFIX) else k: v for k, v in tensors.items()}
 
     def input_scale(self, t: Tensor, like: Tensor) -> Tensor:
         """``c_in(t)`` shaped to broadcast against ``like`` and in its dtype. Where the backbone gets
@@ -101,4 +111,4 @@ class Preconditioner(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, labels: Tensor | None = None) -> Tensor:
         classes = self.class_labels(labels, x.shape[0], x.device)
-        return self.unet(x * self.input_scale(t, x), self.timestep(t), class_labels=classes).sample.to(x.dtype)
+        return self.config.run(self.backbone, x * self.input_scale(t, x), self.timestep(t), classes).to(x.dtype)

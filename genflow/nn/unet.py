@@ -8,10 +8,16 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-
-from diffusers import UNet2DModel
+from typing import TYPE_CHECKING, ClassVar
 
 from genflow.errors import GenflowError
+from genflow.lazy import lazy_import
+
+if TYPE_CHECKING:
+    from diffusers import UNet2DModel
+    from torch import Tensor, nn
+
+diffusers = lazy_import("diffusers")  # the config is read by the command line, which must not wait for torch
 
 ATTENTION_HEAD_DIM = 32
 TIME_EMBEDDINGS = ("step", "999t")
@@ -21,6 +27,7 @@ TIME_EMBEDDINGS = ("step", "999t")
 class UNetConfig:
     """The backbone's shape; channels and resolution come from the data."""
 
+    name: ClassVar[str] = "unet"
     channels: int = 1
     resolution: int = 8
     block_channels: tuple[int, ...] = (32, 64, 64)
@@ -88,8 +95,27 @@ class UNetConfig:
         """The label that means "no class" (the embedding's last row); ``None`` when unconditional."""
         return self.num_classes if self.num_classes else None
 
+    def describe(self) -> str:
+        if self.diffusers is not None:
+            return "imported UNet2DModel"
+        return f"UNet, channels {list(self.block_channels)}, attention {[int(a) for a in self.attention]}"
+
+    @classmethod
+    def for_data(cls, channels: int, resolution: int, num_classes: int, overrides: dict) -> UNetConfig:
+        """The preset for this resolution (the nearest in :data:`PRESETS`) with the keys given."""
+        shape = {"channels": channels, "resolution": resolution, "num_classes": num_classes}
+        return cls.from_dict({**preset_for(channels, resolution).to_dict(), **overrides, **shape})
+
+    def build(self) -> UNet2DModel:
+        return build_unet(self)
+
+    def run(self, network: nn.Module, x: Tensor, timestep: Tensor, labels: Tensor | None) -> Tensor:
+        """The network's output at backbone inputs."""
+        return network(x, timestep, class_labels=labels).sample
+
     @classmethod
     def from_dict(cls, values: dict) -> UNetConfig:
+        values = {k: v for k, v in values.items() if k != "backbone"}  # a run's record names its backbone
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -98,7 +124,8 @@ class UNetConfig:
         return cls(**values)
 
     def to_dict(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        values = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
+        return {"backbone": self.name, **values}
 
 
 PRESETS: dict[int, dict] = {
@@ -119,10 +146,10 @@ def build_unet(config: UNetConfig) -> UNet2DModel:
     a conditional one adds diffusers' class embedding (``num_class_embeds``), null row included.
     An imported backbone is built from its own diffusers config."""
     if config.diffusers is not None:
-        return UNet2DModel.from_config(config.diffusers)
+        return diffusers.UNet2DModel.from_config(config.diffusers)
     down = tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in config.attention)
     up = tuple("AttnUpBlock2D" if a else "UpBlock2D" for a in reversed(config.attention))
-    return UNet2DModel(
+    return diffusers.UNet2DModel(
         sample_size=config.resolution,
         in_channels=config.channels,
         out_channels=config.channels,

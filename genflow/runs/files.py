@@ -277,7 +277,7 @@ def ema_weights(run_dir: Path, steps: int) -> tuple[dict[str, Tensor], Path, int
         raise GenflowError(
             f"{run_dir} has no weights yet (no {EMA_WEIGHTS}, no checkpoint); let it train or resume it with 'genflow train --resume {run_dir}'"
         )
-    weights = {k.removeprefix("unet."): v for k, v in checkpoint.tensors("ema").items()}
+    weights = {k.partition(".")[2]: v for k, v in checkpoint.tensors("ema").items()}  # backbone.* (unet.* before 0.3)
     return weights, checkpoint.path / EMA_WEIGHTS, checkpoint.step
 
 

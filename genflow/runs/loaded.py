@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from genflow.errors import GenflowError
-from genflow.nn import Preconditioner, UNetConfig
+from genflow.nn import Preconditioner, backbone_from_dict
 from genflow.processes import GaussianProcess, make_process
 from genflow.runs import files
 from genflow.runs.files import CONFIG, SAMPLES, read_run
@@ -58,12 +58,12 @@ def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
     record = run_files.config
     try:
         process = make_process(record["process"]["name"], **record["process"]["options"])
-        unet_config = UNetConfig.from_dict(record["model"])
+        backbone = backbone_from_dict(record["model"])
     except (GenflowError, KeyError, TypeError) as error:
         raise GenflowError(f"{run_files.path / CONFIG} does not describe a genflow model: {error}") from None
-    model = Preconditioner(unet_config, process.schedule, process.discrete_steps)
+    model = Preconditioner(backbone, process.schedule, process.discrete_steps)
     weights, source, step = files.ema_weights(run_files.path, record["train"]["steps"])
-    load_matching(model.unet, weights, source)
+    load_matching(model.backbone, weights, source)
     return LoadedRun(run_files.path, process, model.to(pick_device(device)).eval(), record, step)
 
 

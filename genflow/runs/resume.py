@@ -7,6 +7,7 @@ from typing import Any
 
 from genflow.config import TrainConfig, merge_values
 from genflow.errors import GenflowError
+from genflow.nn.backbones import backbone_from_dict
 from genflow.processes import PROCESSES
 from genflow.runs.files import RECORDED_APART
 
@@ -50,10 +51,8 @@ def identity(config: TrainConfig, data: dict[str, Any]) -> dict[str, Any]:
 def backbone_with_defaults(model: dict[str, Any]) -> dict[str, Any]:
     """A run's backbone config with the keys it predates at their defaults (``num_classes`` 0),
     so that an older run compares equal to itself resumed today."""
-    from genflow.nn.unet import UNetConfig
-
     try:
-        return UNetConfig.from_dict(model).to_dict()
+        return backbone_from_dict(model).to_dict()
     except GenflowError:
         return model  # the refusal then names the key that differs
 

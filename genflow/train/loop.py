@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from genflow.config import TrainConfig
 from genflow.data.image_files import save_samples
 from genflow.errors import GenflowError, TrainingDiverged, TrainingInterrupted
-from genflow.nn import Preconditioner, UNetConfig
+from genflow.nn import BackboneConfig, Preconditioner, backbone_from_dict
 from genflow.processes import GaussianProcess
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs.checkpoint import CHECKPOINTS, Checkpoint, describe_latest, latest_name, write_checkpoint
@@ -77,8 +77,8 @@ class TrainingSetup:
             self.data = TrainingData(dict(self.data))
 
     @property
-    def unet_config(self) -> UNetConfig:
-        return UNetConfig.from_dict(self.config.model)
+    def backbone_config(self) -> BackboneConfig:
+        return backbone_from_dict(self.config.model)
 
 
 @torch.no_grad()
@@ -132,15 +132,15 @@ class Trainer:
         initial = self.setup.initial_weights() if self.setup.initial_weights is not None else None  # before seeding: reading may draw
         torch.manual_seed(self.config.seed)
         process = self.setup.process
-        model = Preconditioner(self.setup.unet_config, process.schedule, process.discrete_steps)
+        model = Preconditioner(self.setup.backbone_config, process.schedule, process.discrete_steps)
         if initial is not None:
-            load_matching(model.unet, dict(initial), Path(self.config.init_from or "init_from"))
+            load_matching(model.backbone, dict(initial), Path(self.config.init_from or "init_from"))
         model = model.to(self.runtime.device)
         ema = copy.deepcopy(model).requires_grad_(False)
         if self.config.gradient_checkpointing:
-            model.unet.enable_gradient_checkpointing()  # diffusers' activation recomputation (Chen et al. 2016)
+            model.backbone.enable_gradient_checkpointing()  # diffusers' activation recomputation (Chen et al. 2016)
         if self.config.compile:
-            model.unet.compile(dynamic=False, backend=os.environ.get("GENFLOW_COMPILE_BACKEND", "inductor"))  # in place: same state dict keys
+            model.backbone.compile(dynamic=False, backend=os.environ.get("GENFLOW_COMPILE_BACKEND", "inductor"))  # in place: same state dict keys
         config = self.config
         batches = self.setup.data.batches(config.batch_size, config.seed, config.random_flip, config.data_workers, self.runtime)
         return TrainingState.fresh(config, model, ema, batches)
@@ -370,8 +370,8 @@ class Trainer:
 
     def write_final_weights(self) -> None:
         try:
-            save_weights(self.run_dir / RAW_WEIGHTS, self.state.model.unet)
-            save_weights(self.run_dir / EMA_WEIGHTS, self.state.ema.unet)
+            save_weights(self.run_dir / RAW_WEIGHTS, self.state.model.backbone)
+            save_weights(self.run_dir / EMA_WEIGHTS, self.state.ema.backbone)
         except OSError as error:
             raise GenflowError(
                 f"cannot write the final weights in {self.run_dir} ({error.strerror or error}); {describe_latest(self.run_dir)}: "

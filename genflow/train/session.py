@@ -22,8 +22,7 @@ from genflow.errors import GenflowError
 from genflow.eval.scoring import (
     training_evaluator,
 )
-from genflow.nn import UNetConfig, preset_for
-from genflow.nn.unet import build_unet
+from genflow.nn import BackboneConfig, backbone_for_data
 from genflow.processes import GaussianProcess, make_process
 from genflow.progress import Reporter, SilentReporter
 from genflow.runs import files
@@ -39,14 +38,14 @@ from genflow.train.objective import make_objective
 from genflow.version import __version__
 
 
-def backbone_config(config: TrainConfig, image_shape: Sequence[int], num_classes: int = 0) -> UNetConfig:
-    """The preset for the data's image shape ``(C, H, W)`` with the run's ``model`` overrides;
-    ``num_classes`` (from the data, 0 for an unconditional run) sizes the class embedding."""
+def backbone_config(config: TrainConfig, image_shape: Sequence[int], num_classes: int = 0) -> BackboneConfig:
+    """The run's backbone (``model.backbone``, the UNet by default) at its default for the data's
+    image shape ``(C, H, W)``, with the run's ``model`` overrides; ``num_classes`` (from the data,
+    0 for an unconditional run) sizes the class embedding."""
     channels, height, width = image_shape
     if height != width:
         raise GenflowError(f"images must be square, not {height}x{width}")
-    shape = {"channels": channels, "resolution": height, "num_classes": num_classes}
-    return UNetConfig.from_dict({**preset_for(channels, height).to_dict(), **config.model, **shape})
+    return backbone_for_data(config.model, channels, height, num_classes)
 
 
 def training_data(config: TrainConfig) -> tuple[TrainingData, tuple[str, ...] | None]:
@@ -115,7 +114,7 @@ def real_images(config: TrainConfig, data: TrainingData) -> Tensor:
     return as_unit_range(data.tensors["images"])
 
 
-def initial_weights(run: str, backbone: UNetConfig, process: GaussianProcess) -> dict[str, Tensor]:
+def initial_weights(run: str, backbone: BackboneConfig, process: GaussianProcess) -> dict[str, Tensor]:
     """The EMA backbone weights of ``run``, which a new run starts from (``init_from``), checked
     against this run's backbone, and against its process and prediction: the same weights mean
     another function under another process's time map or another prediction."""
@@ -129,7 +128,7 @@ def initial_weights(run: str, backbone: UNetConfig, process: GaussianProcess) ->
             "or start from scratch (--init scratch)"
         )
     weights, source, _ = files.ema_weights(run_files.path, run_files.config["train"]["steps"])
-    expected = {name: tuple(value.shape) for name, value in build_unet(backbone).state_dict().items()}
+    expected = {name: tuple(value.shape) for name, value in backbone.build().state_dict().items()}
     found = {name: tuple(value.shape) for name, value in weights.items()}
     if found != expected:
         name = next(k for k in sorted(expected.keys() | found.keys()) if expected.get(k) != found.get(k))

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from genflow.config import TrainConfig
 from genflow.errors import GenflowError
+from genflow.nn import Preconditioner
 from genflow.runs.checkpoint import Checkpoint
 from genflow.storage import all_finite, cpu_state_dict, load_matching
 from genflow.train.batches import BatchStream
@@ -110,8 +111,8 @@ class TrainingState:
 
     def _restore(self, checkpoint: Checkpoint, note: Callable[[str], None]) -> None:
         state = checkpoint.state
-        load_matching(self.model, checkpoint.tensors("model"), checkpoint.path / "model.safetensors")
-        load_matching(self.ema, checkpoint.tensors("ema"), checkpoint.path / "ema.safetensors")
+        load_matching(self.model, Preconditioner.current_keys(checkpoint.tensors("model")), checkpoint.path / "model.safetensors")
+        load_matching(self.ema, Preconditioner.current_keys(checkpoint.tensors("ema")), checkpoint.path / "ema.safetensors")
         self.optimizer.load_state_dict(optimizer_state_dict(checkpoint.tensors("optimizer"), state["optimizer"]))
         self.schedule.load_state_dict(state["schedule"])
         random = checkpoint.tensors("random")
