@@ -40,7 +40,8 @@ def info(run: RunArgument = None) -> None:
     table.add_row("default solver", loaded.process.default_solver)
     imported = loaded.config.get("imported")
     model = {k: v for k, v in loaded.config["model"].items() if k != "diffusers"}
-    table.add_row("model", escape(f"{parameters / 1e6:.2f}M parameters, {json.dumps(model)}"))
+    table.add_row("backbone", escape(f"{loaded.model.config.describe()}, {parameters / 1e6:.2f}M parameters"))
+    table.add_row("model", escape(json.dumps(model)))
     if imported:
         table.add_row("imported", escape(f"from {imported['from']} ({imported['pipeline']}, {imported['scheduler']})"))
         for note in imported.get("notes", []):

@@ -11,9 +11,9 @@ import genflow
 from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, say, with_flags
 from genflow.config import resolve_config, route_assignments, to_toml, training_keys
 from genflow.data.datasets import DATASETS
-from genflow.nn.backbones import BACKBONES
 from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
+from genflow.nn.backbones import BACKBONES
 from genflow.progress import reporter_for
 
 api = lazy_import("genflow.api")  # torch and diffusers: imported when a command runs

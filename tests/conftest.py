@@ -133,12 +133,13 @@ def expect_usage_error(result, *fragments: str) -> None:
 
 
 TINY_MODEL = {"block_channels": [16, 32], "attention": [False, False], "norm_groups": 8}  # 0.16M parameters
+TINY_DIT = {"backbone": "dit", "patch_size": 2, "width": 32, "depth": 2, "heads": 2}  # 0.06M parameters
 
 
-def tiny_preset(path: Path, **values: object) -> Path:
+def tiny_preset(path: Path, model: dict = TINY_MODEL, **values: object) -> Path:
     """Write a TOML preset with these training keys and the tiny backbone; returns ``path``."""
     lines = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
-    lines += ["", "[model]", *(f"{key} = {json.dumps(value)}" for key, value in TINY_MODEL.items())]
+    lines += ["", "[model]", *(f"{key} = {json.dumps(value)}" for key, value in model.items())]
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import invoke, tiny_preset
+from conftest import TINY_DIT, invoke, tiny_preset
 from safetensors.torch import load_file
 
 from genflow.runs.checkpoint import CHECKPOINTS, latest_name
@@ -156,3 +156,11 @@ def test_two_processes_streaming_an_image_folder_train_the_one_process_in_memory
     ok(launch(*args, "--out", tmp_path / "streamed", "-o", "data_in_memory_mb=0", "-o", "data_workers=1"))
     assert_same_run(tmp_path / "streamed", tmp_path / "memory")
     assert max_difference(tmp_path / "streamed", tmp_path / "memory") < WEIGHT_TOLERANCE
+
+
+def test_two_processes_train_the_one_process_dit_run(tmp_path):
+    dit = tiny_preset(tmp_path / "dit.toml", TINY_DIT, steps=10, batch_size=32, lr=5e-4, warmup_steps=2, log_every=5,
+                      sample_every=0, checkpoint_every=0, final_grid=False, device="cpu")  # fmt: skip
+    ok(launch("train", "--config", dit, "--out", tmp_path / "two"))
+    in_this_process("train", "--config", dit, "--out", tmp_path / "one")
+    assert_same_run(tmp_path / "two", tmp_path / "one")

@@ -9,14 +9,14 @@ import signal
 
 import pytest
 import torch
-from conftest import TINY_MODEL, expect_usage_error, invoke
+from conftest import TINY_DIT, TINY_MODEL, expect_usage_error, invoke
 from safetensors.torch import load_file
 
 import genflow
 from genflow import api
 from genflow.config import TrainConfig
 from genflow.errors import TrainingInterrupted
-from genflow.nn import Preconditioner, UNetConfig
+from genflow.nn import Preconditioner, backbone_from_dict
 from genflow.train import DenoisingObjective, Trainer
 
 OPTIONS = {
@@ -27,9 +27,12 @@ OPTIONS = {
 }
 
 
-def config(**options: object) -> TrainConfig:
+BACKBONES = {"unet": TINY_MODEL, "dit": TINY_DIT}
+
+
+def config(model: dict = TINY_MODEL, **options: object) -> TrainConfig:
     return TrainConfig(steps=6, batch_size=16, lr=3e-3, warmup_steps=1, sample_every=0, checkpoint_every=0, final_grid=False,
-                       device="cpu", model=TINY_MODEL, **options)  # fmt: skip
+                       device="cpu", model=model, **options)  # fmt: skip
 
 
 def interrupt_at(step: int, monkeypatch) -> None:
@@ -45,29 +48,32 @@ def interrupt_at(step: int, monkeypatch) -> None:
     monkeypatch.setattr(Trainer, "step", step_then_interrupt)
 
 
+@pytest.mark.parametrize("backbone", BACKBONES)
 @pytest.mark.parametrize("name", OPTIONS)
-def test_each_option_trains_saves_and_resumes_to_the_uninterrupted_run(name, tmp_path, monkeypatch):
+def test_each_option_trains_saves_and_resumes_to_the_uninterrupted_run(name, backbone, tmp_path, monkeypatch):
     monkeypatch.setenv("GENFLOW_COMPILE_BACKEND", "aot_eager")
-    options = OPTIONS[name]
-    straight = api.train(config(**options), tmp_path / "straight")
+    options, model = OPTIONS[name], BACKBONES[backbone]
+    straight = api.train(config(model, **options), tmp_path / "straight")
     with monkeypatch.context() as patched:
         interrupt_at(3, patched)
         with pytest.raises(TrainingInterrupted, match="stopped by SIGINT after step 3"):
-            api.train(config(**options), tmp_path / "stopped")
+            api.train(config(model, **options), tmp_path / "stopped")
     resumed = api.resume(tmp_path / "stopped")
     for weights in ("model.safetensors", "ema.safetensors"):
         ours, theirs = load_file(resumed / weights), load_file(straight / weights)
         assert all(torch.equal(ours[k], theirs[k]) for k in ours), weights
-    assert api.read_run(resumed).train_config().to_dict().items() >= options.items()
+    recorded = api.read_run(resumed).train_config().to_dict()
+    assert recorded.items() >= options.items() and recorded["model"].items() >= model.items()
     if name == "bf16":  # autocast reached the backbone: its rounding changes the run
-        plain = load_file(api.train(config(), tmp_path / "plain") / "model.safetensors")
+        plain = load_file(api.train(config(model), tmp_path / "plain") / "model.safetensors")
         assert any(not torch.equal(plain[k], ours[k]) for k in plain)
 
 
-def test_gradient_checkpointing_gives_the_same_gradients():
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_gradient_checkpointing_gives_the_same_gradients(backbone):
     process = genflow.make_process("rectified-flow")
     torch.manual_seed(0)
-    model = Preconditioner(UNetConfig(**TINY_MODEL), process.schedule, process.discrete_steps)
+    model = Preconditioner(backbone_from_dict(BACKBONES[backbone]), process.schedule, process.discrete_steps)
     objective = DenoisingObjective(process)
     batch = objective.draw({"images": torch.randn(8, 1, 8, 8)}, torch.Generator().manual_seed(1))
 

@@ -20,11 +20,13 @@ RESUMABLE = frozenset({"steps", "device", "precision", "grad_accumulation", "gra
 
 def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """The saved config with ``overrides`` (``None`` values: not given) merged in. The saved
-    process options belong to the saved process: asking for another process drops them, so
-    that the refusal names the process."""
+    process options belong to the saved process, and the saved model keys to the saved backbone:
+    asking for another process or backbone drops them, so that the refusal names the change."""
     values = saved.to_dict()
     if overrides.get("process") not in (None, saved.process):
         values["process_options"] = {}
+    if (overrides.get("model") or {}).get("backbone") not in (None, backbone_from_dict(saved.model).name):
+        values["model"] = {}
     merged = merge_values(values, overrides)
     given = overrides.get("process_options") or {}
     if merged["process"] in PROCESSES:  # saved options that a changed option makes moot go, so the refusal names the change

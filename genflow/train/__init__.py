@@ -8,8 +8,8 @@ from genflow.train.state import TrainingState, warmup_cosine
 
 __all__ = [
     "GRID_SAMPLES",
-    "DenoisingObjective",
     "BatchStream",
+    "DenoisingObjective",
     "Objective",
     "StopSignals",
     "Trainer",
