@@ -16,7 +16,10 @@ import typer
 from rich.console import Console
 
 import genflow
+from genflow.config import check_device_name
 from genflow.errors import GenflowError, SharedError, TrainingStopped, reports_errors
+from genflow.nn.backbones import BACKBONES
+from genflow.values import MAX_SAMPLES, check_count, check_seed
 
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
@@ -27,13 +30,42 @@ app = typer.Typer(
 out_console = Console()
 
 
+def whole_number(flag: str, limit: int | None = None) -> Callable[[object], object]:
+    """A check that a count given as a whole number is from 1 to ``limit`` (a comma-separated
+    list is its command's to parse)."""
+    return lambda value: check_count(flag, value, limit) if isinstance(value, int) else None
+
+
+ARGUMENT_CHECKS: dict[str, Callable[[Any], object]] = {
+    "steps": whole_number("--steps"),
+    "n": whole_number("--n", MAX_SAMPLES),
+    "batch_size": whole_number("--batch-size"),
+    "seed": lambda seed: check_seed(seed, name="--seed"),
+    "solver": genflow.SOLVERS.get,
+    "grid": genflow.GRIDS.get,
+    "device": check_device_name,
+    "backbone": BACKBONES.get,
+}
+"""The arguments several commands share, checked by name before a command runs: an argument
+error answers before torch is imported (seconds), for every command alike. The library checks
+the same values again where they are used (``genflow.values``, the registries, ``pick_device``)."""
+
+
+def check_arguments(values: dict[str, Any]) -> None:
+    for name, check in ARGUMENT_CHECKS.items():
+        if values.get(name) is not None:
+            check(values[name])
+
+
 def fails_cleanly(command: Callable) -> Callable:
     """One line on stderr instead of a traceback: a :class:`GenflowError` exits 2, a stopped
-    training run its own code (3 diverged, 130/143 interrupted), a Ctrl-C outside training 130."""
+    training run its own code (3 diverged, 130/143 interrupted), a Ctrl-C outside training 130.
+    The shared arguments are checked first (:data:`ARGUMENT_CHECKS`)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         try:
+            check_arguments(kwargs)
             return command(*args, **kwargs)
         except SharedError:
             let_the_main_process_report()

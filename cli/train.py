@@ -9,7 +9,7 @@ import typer
 
 import genflow
 from genflow.cli.core import app, fails_cleanly, parse_assignments, process_flags, say, with_flags
-from genflow.config import resolve_config, route_assignments, to_toml, training_keys
+from genflow.config import read_preset, resolve_config, route_assignments, to_toml, training_keys
 from genflow.data.datasets import DATASETS
 from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
@@ -21,6 +21,12 @@ api = lazy_import("genflow.api")  # torch and diffusers: imported when a command
 PROCESS_FLAGS = process_flags()
 OPTION_NAMES = ", ".join(flag.name for flag in PROCESS_FLAGS)
 TRAINING_KEYS = ", ".join(training_keys())
+DEFAULT_PRESET = read_preset("rectified-flow")  # a small TOML file: --help says what an unset flag becomes
+
+
+def from_preset(key: str) -> str:
+    """Where an unset flag's value comes from, for its help."""
+    return f"(default: the preset's; {DEFAULT_PRESET[key]:g} in rectified-flow's, which --print-config shows)"
 
 
 @app.command()
@@ -47,9 +53,9 @@ def train(
     label_dropout: Annotated[
         float | None, typer.Option(help="Share of labels replaced by the null label in training (default 0.1).")
     ] = None,
-    steps: Annotated[int | None, typer.Option(help="Optimizer steps.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per step.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Peak learning rate (AdamW, warm-up then cosine).")] = None,
+    steps: Annotated[int | None, typer.Option(help=f"Optimizer steps {from_preset('steps')}.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help=f"Images per step {from_preset('batch_size')}.")] = None,
+    lr: Annotated[float | None, typer.Option(help=f"Peak learning rate (AdamW, warm-up then cosine) {from_preset('lr')}.")] = None,
     seed: Annotated[int | None, typer.Option(help="Seed for weights, data order and noise.")] = None,
     device: Annotated[str | None, typer.Option(help="auto, cpu, cuda or mps.")] = None,
     precision: Annotated[str | None, typer.Option(help="fp32 or bf16 (autocast; also on CPUs with AMX or AVX-512 BF16).")] = None,

@@ -26,6 +26,15 @@ from genflow.values import check_seed, typed_value
 
 PRESETS: Traversable = resources.files("genflow.configs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def check_device_name(name: str) -> str:
+    """``name`` if it is one of :data:`DEVICES`; else one line naming them."""
+    if name not in DEVICES:
+        raise GenflowError(f"device must be one of {', '.join(DEVICES)}, not {name!r}")
+    return name
+
+
 PRECISIONS = ("fp32", "bf16")
 OBJECTIVES = ("denoising", "reflow", "distill")
 BAD_IMAGES = ("error", "skip")
@@ -109,8 +118,7 @@ class TrainConfig:
         if not 0 <= self.ema_decay < 1:
             raise GenflowError(f"ema_decay must be in [0, 1), not {self.ema_decay!r}")
         check_seed(self.seed)
-        if self.device not in DEVICES:
-            raise GenflowError(f"device must be one of {', '.join(DEVICES)}, not {self.device!r}")
+        check_device_name(self.device)
         if self.precision not in PRECISIONS:
             raise GenflowError(f"precision must be one of {', '.join(PRECISIONS)}, not {self.precision!r}")
         self.check_objective()

@@ -71,7 +71,7 @@ class RichReporter:
             TextColumn("[bold]train"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]:.4f}"),
+            TextColumn("loss {task.fields[loss]}"),
             TextColumn("{task.fields[rate]} it/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
@@ -82,7 +82,7 @@ class RichReporter:
         self.done = done
         self.started = self.last_update = time.perf_counter()
         self.progress.start()
-        self.task = self.progress.add_task("train", total=total, completed=done, loss=float("nan"), rate="-")
+        self.task = self.progress.add_task("train", total=total, completed=done, loss="-", rate="-")  # no loss before the first step
 
     def due(self, step: int) -> bool:
         """The first step, then twice a second: reading the loss makes the host wait for the device."""
@@ -91,7 +91,7 @@ class RichReporter:
     def step(self, step: int, loss: float, lr: float) -> None:
         self.last_update = time.perf_counter()
         rate = (step - self.done) / max(self.last_update - self.started, 1e-9)
-        self.progress.update(self.task, completed=step, loss=loss, rate=f"{rate:.1f}")
+        self.progress.update(self.task, completed=step, loss=f"{loss:.4f}", rate=f"{rate:.1f}")
 
     def note(self, message: str) -> None:
         self.progress.console.print(message)

@@ -28,6 +28,24 @@ SEED_LIMIT = 2**63
 """Seeds lie in ``[-2**63, 2**63)``: what torch's generators take, with room for per-sample seeds."""
 
 
+MAX_SAMPLING_STEPS = 100_000
+"""More solver steps than any sampler needs (1000 already reaches an ODE's limit); a grid of more
+would only fill memory."""
+
+
+MAX_SAMPLES = 1_000_000
+"""More samples than any score uses (FID takes 50,000); their images alone would fill memory."""
+
+
+def check_count(name: str, value: Any, limit: int | None = None) -> int:
+    """``value`` if it is a whole number from 1 to ``limit`` (no limit: any); else one line naming
+    the option and its range."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < 1 or (limit is not None and value > limit):
+        bounds = f"from 1 to {limit}" if limit is not None else ">= 1"
+        raise GenflowError(f"{name} must be a whole number {bounds}, not {value!r}")
+    return value
+
+
 def check_seed(seed: Any, count: int = 1, name: str = "seed") -> int:
     """``seed`` if it and the ``count - 1`` per-sample seeds after it (``seed + i``) are whole
     numbers a generator takes; else one line naming the range."""

@@ -131,6 +131,11 @@ def test_an_exported_ddpm_run_is_a_diffusers_ddpm_pipeline(ddpm_export):
     assert not list(folder.rglob("*.bin"))
     stored = api.load(run, device="cpu").model.backbone.state_dict()
     assert all(torch.equal(v, stored[k]) for k, v in pipeline.unet.state_dict().items())
+    umask = os.umask(0)
+    os.umask(umask)
+    modes = {path.stat().st_mode & 0o777 for path in (folder, *folder.rglob("*")) if path.is_file()}
+    assert modes == {0o666 & ~umask}  # as every other file genflow writes, not mkdtemp's private 0600
+    assert folder.stat().st_mode & 0o777 == 0o777 & ~umask
 
 
 def test_diffusers_ddim_pipeline_on_an_export_samples_as_genflow_ddim(ddpm_export):

@@ -95,3 +95,33 @@ def test_the_loop_times_its_pace_after_the_first_step(tmp_path, monkeypatch):
     monkeypatch.setattr(loop.Trainer, "advise_on_pace", lambda self, pace: paces.append((self.state.step, pace)))
     api.train(TrainConfig.from_dict({**TINY_TRAIN, "steps": 8}), tmp_path / "run")
     assert len(paces) == 1 and paces[0][0] == 1 + loop.PACE_STEPS and paces[0][1] > 0
+
+
+def test_the_progress_bar_shows_no_loss_before_the_first_step():
+    from io import StringIO
+
+    from rich.console import Console
+
+    from genflow.progress import RichReporter
+
+    def shown(reporter: RichReporter) -> str:
+        screen = StringIO()
+        Console(file=screen, width=120).print(reporter.progress.get_renderable())
+        return screen.getvalue()
+
+    reporter = RichReporter(Console(file=StringIO()))
+    reporter.start(total=10)
+    before = shown(reporter)
+    reporter.step(1, 0.1234, 1e-3)
+    after = shown(reporter)
+    reporter.finish()
+    assert "loss -" in before and "nan" not in before, before
+    assert "loss 0.1234" in after, after
+
+
+def test_train_help_says_where_the_unset_numbers_come_from(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "250")  # one line per option
+    shown = invoke("train", "--help").stdout
+    for flag, value in (("--steps", "3000"), ("--batch-size", "128"), ("--lr", "0.002")):
+        line = next(line for line in shown.splitlines() if f" {flag} " in line)
+        assert f"{value} in rectified-flow's" in line, line

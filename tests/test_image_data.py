@@ -105,3 +105,11 @@ def test_colour_files_holding_only_grey_pixels_load_as_one_channel(tmp_path):
     folder = folder_of(tmp_path, [Image.new("RGB", (8, 8), (90, 90, 90)), Image.new("RGBA", (8, 8), (7, 7, 7, 255))])
     pixels = as_uint8(load_dataset(str(folder)))
     assert pixels.shape == (2, 8, 8, 1) and [pixels[0, 0, 0, 0], pixels[1, 0, 0, 0]] == [90, 7]
+
+
+def test_grid_tiles_on_black_are_kept_apart_by_grey_lines(tmp_path):
+    save_samples(-torch.ones(4, 1, 8, 8), tmp_path / "black.png", scale=1)  # black backgrounds, as the digits have
+    grid = np.asarray(Image.open(tmp_path / "black.png").convert("L"))
+    assert grid.shape == (2 * 9 + 1, 2 * 9 + 1)
+    assert (grid[:, 9] == 128).all() and (grid[9, :] == 128).all()  # the line between the columns and between the rows
+    assert (grid[1:9, 1:9] == 0).all()

@@ -213,6 +213,8 @@ def test_sweep_writes_table_and_plot(trained_runs, tmp_path):
     assert len({r["fd_floor"] for r in rows}) == 1
     expect_usage_error(invoke("sweep", *runs, "--steps", "1", "--out", tmp_path), "--overwrite")
     expect_usage_error(invoke("sweep", *runs, "--steps", "one", "--out", tmp_path / "x"), "comma-separated")
+    expect_usage_error(invoke("sweep", *runs, "--solvers", "euler,bogus", "--steps", "1", "--out", tmp_path / "y"), "unknown solver 'bogus'")
+    assert not (tmp_path / "y").exists()  # refused before euler was sampled
 
 
 def test_eval_every_logs_the_distance(tmp_path):
@@ -242,3 +244,26 @@ def test_eval_scores_an_npz_from_any_program(tmp_path):
     expect_usage_error(invoke("eval", "--samples", tmp_path / "none.npz"), "does not exist")
     (tmp_path / "pickle.npz").write_bytes(b"\x80\x04not an npz")
     expect_usage_error(invoke("eval", "--samples", tmp_path / "pickle.npz"), "not an .npz")
+    np.savez(tmp_path / "objects.npz", np.array([{"a": 1}], dtype=object))
+    refused = invoke("eval", "--samples", tmp_path / "objects.npz")
+    expect_usage_error(refused, "Python objects, which genflow never unpickles")
+    assert "allow_pickle" not in refused.stderr  # numpy's advice to unpickle is not ours to repeat
+
+
+def test_sweep_plots_label_log_axes_with_plain_numbers():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from genflow.eval.sweeps import plain_log_labels
+
+    figure, axes = plt.subplots()
+    axes.plot([1, 2, 4, 10, 20], [3.0, 2.5, 1.5, 1.2, 1.0])
+    axes.set(xscale="log", yscale="log")
+    plain_log_labels(axes, [1, 2, 4, 10, 20])
+    figure.canvas.draw()
+    shown = [t.get_text() for t in (*axes.get_xticklabels(), *axes.get_yticklabels(), *axes.get_yticklabels(minor=True)) if t.get_text()]
+    plt.close(figure)
+    assert [t.get_text() for t in axes.get_xticklabels()] == ["1", "2", "4", "10", "20"]
+    assert "2" in shown and "3" in shown and not any("10^" in t or "times" in t or "e" in t for t in shown), shown

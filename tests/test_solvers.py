@@ -217,7 +217,7 @@ def test_solver_options_are_checked_before_sampling():
         sample(solver="huen")
     with pytest.raises(UnknownNameError, match="did you mean 'karras'"):
         sample(solver="euler", grid="karas")
-    with pytest.raises(GenflowError, match="steps must be a whole number >= 1"):
+    with pytest.raises(GenflowError, match="steps must be a whole number from 1 to 100000"):
         sample(solver="euler", steps=0)
     with pytest.raises(GenflowError, match="at most 1000 uniform steps"):
         sample(solver="euler", steps=1001, grid="uniform")

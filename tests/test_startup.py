@@ -48,8 +48,18 @@ def test_argument_errors_import_no_torch():
         ["train", "--process", "ddmp"],
         ["train", "--process", "ddpm", "-o", "timesteps=abc"],
         ["sweep"],
+        ["sample", "--steps", "0"],  # the values every command shares, checked by name before a command runs
+        ["sample", "--n", "1000000000"],
+        ["sample", "--solver", "eulr"],
+        ["sample", "--grid", "lin"],
+        ["sample", "--device", "tpu"],
+        ["sample", "--seed", str(2**70)],
+        ["eval", "--steps", "0"],
+        ["eval", "--batch-size", "0"],
+        ["sweep", "RUN", "--n", "0"],
+        ["train", "--backbone", "dot"],
     )
-    assert codes == [2, 2, 2, 2]
+    assert codes == [2] * 14
     assert heavy == []
 
 

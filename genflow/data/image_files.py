@@ -19,7 +19,8 @@ from genflow.storage import atomic_write
 
 OUTPUT_SUFFIXES = ("", ".png", ".npz")
 MIN_TILE_PIXELS = 32  # the automatic grid scale makes each tile at least this high
-
+GAP_GREY = 0.5
+"""The 1-pixel lines between a grid's tiles: grey, so that tiles on black (or white) backgrounds stay apart."""
 
 def check_output(out: Path, overwrite: bool) -> None:
     """Refuse, before any sampling, an output of unknown kind, one that exists (unless
@@ -82,7 +83,7 @@ def save_samples(
         if suffix == ".png":
             nrow = columns or max(1, int(np.ceil(np.sqrt(len(images)))))
             grid = upscale(to_unit_interval(images), grid_scale(scale, images.shape[-2]))
-            atomic_write(out, lambda tmp: save_image(grid, tmp, format="png", nrow=nrow, padding=1))
+            atomic_write(out, lambda tmp: save_image(grid, tmp, format="png", nrow=nrow, padding=1, pad_value=GAP_GREY))
         elif suffix == ".npz":
             array = to_uint8(images).permute(0, 2, 3, 1).numpy()
             atomic_write(out, lambda tmp: write_npz(tmp, array))
@@ -116,7 +117,8 @@ def read_samples_file(path: Path) -> Tensor:
         with np.load(path, allow_pickle=False) as archive:
             array = archive["arr_0"]
     except (OSError, ValueError, KeyError) as error:
-        raise GenflowError(f"{path} is not an .npz with uint8 NHWC images under arr_0 ({error})") from None
+        why = "it holds Python objects, which genflow never unpickles" if "allow_pickle" in str(error) else str(error)
+        raise GenflowError(f"{path} is not an .npz with uint8 NHWC images under arr_0 ({why})") from None
     if array.dtype != np.uint8 or array.ndim != 4:
         raise GenflowError(f"{path}: arr_0 must be uint8 of shape (N, H, W, C), not {array.dtype} {array.shape}")
     return uint8_to_unit_range(torch.from_numpy(array).permute(0, 3, 1, 2))

@@ -47,6 +47,8 @@ def run_sweep(runs: list[str], solvers: list[str], steps: list[int], grid: str |
         raise GenflowError(f"{out} already holds a sweep; choose another --out or pass --overwrite")
     for guidance in guidances:
         check_guidance(guidance)
+    for solver in solvers:
+        SOLVERS.get(solver)  # a misspelt name is refused before any run is sampled
     loaded_runs = [load(run, device) for run in runs]  # every run validated before any work
     rows = []
     for loaded in loaded_runs:
@@ -133,9 +135,26 @@ def plot(rows: list[dict], path: Path) -> None:
     if conditional:
         draw_lines(panels[0][1], conditional, "class_agreement", style)
         panels[0][1].set(xscale="log", ylim=(0, 1.02), xlabel="NFE", ylabel="class agreement (classifier calls the class)")
+    for axes in panels[0]:
+        plain_log_labels(axes, sorted({r["nfe"] for r in rows}))
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
+
+
+def plain_log_labels(axes, nfes: list[float]) -> None:
+    """Numbers as numbers on log axes (``20``, not ``2x10^1``): NFE ticks at the NFEs swept, and on
+    a log y axis plain labels, the minor ones only where the axis spans less than a decade."""
+    from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter
+
+    plain = FuncFormatter(lambda value, _: f"{value:g}")
+    axes.xaxis.set_major_locator(FixedLocator(nfes))
+    axes.xaxis.set_major_formatter(plain)
+    axes.xaxis.set_minor_formatter(NullFormatter())
+    if axes.get_yscale() == "log":
+        low, high = axes.get_ylim()
+        axes.yaxis.set_major_formatter(plain)
+        axes.yaxis.set_minor_formatter(plain if high / low < 10 else NullFormatter())
 
 
 RUN_STYLES = ("-", "--", ":", "-.", (0, (5, 1, 1, 1, 1, 1)), (0, (1, 3)))

@@ -33,7 +33,7 @@ from genflow.interop.schedulers import scheduler_config
 from genflow.lazy import lazy_import
 from genflow.runs.checkpoint import replace_directory
 from genflow.runs.loaded import load
-from genflow.storage import TEMPORARY_SUFFIX
+from genflow.storage import TEMPORARY_SUFFIX, make_shareable
 
 diffusers = lazy_import("diffusers")
 
@@ -121,6 +121,8 @@ def save_pipeline(pipeline: object, out_dir: Path, overwrite: bool) -> Path:
         pipeline.save_pretrained(staging, safe_serialization=True)
         if isinstance(pipeline, flow_pipeline.GenflowFlowPipeline):
             name_custom_pipeline(staging)
+        for path in (staging, *staging.rglob("*")):
+            make_shareable(path)  # mkdtemp's folder is private (0700), as are files some writers create
         if out_dir.is_dir() and not any(out_dir.iterdir()):
             out_dir.rmdir()
         replace_directory(staging, out_dir)

@@ -19,7 +19,7 @@ from typing import Protocol, TypeVar
 import torch
 from torch import Tensor, nn
 
-from genflow.config import DEVICES
+from genflow.config import check_device_name
 from genflow.errors import GenflowError
 from genflow.runtime.rows import Batch
 
@@ -29,8 +29,7 @@ T = TypeVar("T")
 def pick_device(name: str) -> torch.device:
     """``auto`` is CUDA, then MPS, then the CPU; another name than these, or an unavailable
     device, is an error (for every command: they all come here)."""
-    if name not in DEVICES:
-        raise GenflowError(f"device must be one of {', '.join(DEVICES)}, not {name!r}")
+    check_device_name(name)
     cuda, mps = torch.cuda.is_available(), torch.backends.mps.is_available()
     if name == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")

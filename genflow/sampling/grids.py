@@ -17,6 +17,7 @@ from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
 from genflow.processes.base import GaussianProcess
 from genflow.registry import Registry
+from genflow.values import MAX_SAMPLING_STEPS, check_count
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -95,9 +96,7 @@ GRIDS.add("logsnr", (logsnr, "equal steps in log(alpha/sigma) (Lu et al. 2022)")
 def make_grid(name: str, steps: int, process: GaussianProcess) -> Tensor:
     """The named grid with ``steps`` steps for ``process``."""
     fn, _ = GRIDS.get(name)
-    if not isinstance(steps, int) or steps < 1:
-        raise GenflowError(f"steps must be a whole number >= 1, not {steps!r}")
-    return fn(steps, process)
+    return fn(check_count("steps", steps, MAX_SAMPLING_STEPS), process)
 
 
 def check_grid(times: Tensor) -> Tensor:

@@ -174,8 +174,9 @@ class Trainer:
         labels = f", conditional on {len(classes)} classes with label dropout {config.label_dropout:g}" if classes else ""
         streamed = f" streamed by {self.state.batches.images.workers} workers" if data.files is not None else ""
         flipped = ", random flips" if config.random_flip else ""
+        source = f"{config.pairs} (reflow pairs: {data.count} images and their noise" if config.pairs else f"{config.dataset} ({data.count} images"
         return (
-            f"{self.run_dir}: {config.process} on {config.dataset} ({data.count} images of {data.image_shape}{streamed}{flipped}{labels}), "
+            f"{self.run_dir}: {config.process} on {source} of {data.image_shape}{streamed}{flipped}{labels}), "
             f"steps {self.state.step + 1}..{config.steps} of batch {config.batch_size} on {self.describe_hardware()}, "
             f"lr {config.lr:g} after {config.warmup_steps} warm-up steps, ema {config.ema_decay:g}"
         )
