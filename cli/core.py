@@ -19,6 +19,7 @@ import genflow
 from genflow.config import check_device_name
 from genflow.errors import GenflowError, SharedError, TrainingStopped, reports_errors
 from genflow.nn.backbones import BACKBONES
+from genflow.runs.location import run_folder
 from genflow.values import MAX_SAMPLES, check_count, check_seed
 
 EXIT_USAGE = 2
@@ -46,6 +47,9 @@ ARGUMENT_CHECKS: dict[str, Callable[[Any], object]] = {
     "device": check_device_name,
     "backbone": BACKBONES.get,
 }
+RUN_ARGUMENTS = ("run", "teacher")
+"""A command's run argument (``None``: ``runs/latest``), checked to be a run before it runs (and
+sweep's ``runs``)."""
 """The arguments several commands share, checked by name before a command runs: an argument
 error answers before torch is imported (seconds), for every command alike. The library checks
 the same values again where they are used (``genflow.values``, the registries, ``pick_device``)."""
@@ -55,6 +59,11 @@ def check_arguments(values: dict[str, Any]) -> None:
     for name, check in ARGUMENT_CHECKS.items():
         if values.get(name) is not None:
             check(values[name])
+    for name in RUN_ARGUMENTS:
+        if name in values and not values.get("samples"):  # eval --samples scores a file, no run
+            run_folder(values[name])
+    for run in values.get("runs") or ():  # sweep
+        run_folder(run)
 
 
 def fails_cleanly(command: Callable) -> Callable:

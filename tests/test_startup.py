@@ -58,8 +58,13 @@ def test_argument_errors_import_no_torch():
         ["eval", "--batch-size", "0"],
         ["sweep", "RUN", "--n", "0"],
         ["train", "--backbone", "dot"],
+        ["info", "no-such-run"],  # a run that is not there, for every command that takes one
+        ["export", "no-such-run", "out"],
+        ["sample", "no-such-run"],
+        ["sweep", "no-such-run"],
+        ["reflow", "no-such-run", "--out", "student"],
     )
-    assert codes == [2] * 14
+    assert codes == [2] * 19
     assert heavy == []
 
 

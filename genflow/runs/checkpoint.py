@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from genflow.errors import GenflowError
+from genflow.runs.location import LATEST
 from genflow.storage import (
     TEMPORARY_SUFFIX,
     atomic_write,
@@ -33,7 +34,6 @@ from genflow.storage import (
 )
 
 CHECKPOINTS = "checkpoints"
-LATEST = "latest"
 MANIFEST = "manifest.json"
 CHECKPOINT_FORMAT = "genflow-checkpoint/1"
 CHECKPOINT_NAME = re.compile(r"step-(\d+)")

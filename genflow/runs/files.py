@@ -25,17 +25,16 @@ from torch import Tensor
 
 from genflow.config import TrainConfig
 from genflow.errors import GenflowError
-from genflow.runs.checkpoint import CHECKPOINTS, LATEST, newest_valid_checkpoint
+from genflow.runs.checkpoint import CHECKPOINTS, newest_valid_checkpoint
+from genflow.runs.location import CONFIG, DEFAULT_RUNS, LATEST, run_folder
 from genflow.storage import TEMPORARY_SUFFIX, atomic_write, load_weights, remove_temporaries
 
-CONFIG = "config.json"
 EMA_WEIGHTS = "ema.safetensors"
 RAW_WEIGHTS = "model.safetensors"
 METRICS = "metrics.jsonl"
 SAMPLES = "samples"
 RUN_FILES = (CONFIG, EMA_WEIGHTS, RAW_WEIGHTS, METRICS, SAMPLES, CHECKPOINTS)
 RUN_FORMAT = "genflow-run/3"
-DEFAULT_RUNS = Path("runs")
 RECORDED_APART = ("process", "process_options", "model")
 """Training keys that config.json records once, resolved, under ``process`` and ``model``."""
 
@@ -112,26 +111,9 @@ def data_fingerprint(values: Tensor) -> str:
     return digest.hexdigest()
 
 
-def followed(path: Path) -> Path:
-    """``path``, or where it points when it is a link such as ``runs/latest`` (through every
-    link), so that output names the run itself; relative where the links are."""
-    for _ in range(40):  # the kernel's own limit on a chain of links
-        if not path.is_symlink():
-            return path
-        target = Path(os.readlink(path))
-        path = target if target.is_absolute() else Path(os.path.relpath(path.parent.resolve() / target))
-    return path
-
-
-def read_run(run: str | Path) -> RunFiles:
-    path = followed(Path(run))
-    if not path.exists():
-        raise GenflowError(f"run {path} does not exist; train one with 'genflow train' or pass a run directory")
+def read_run(run: str | Path | None) -> RunFiles:
+    path = run_folder(run)
     config_file = path / CONFIG
-    if not config_file.is_file():
-        if (path / "model_index.json").is_file():
-            raise GenflowError(f"{path} is a diffusers model, not a genflow run; import it first with 'genflow import {path} --out RUN'")
-        raise GenflowError(f"{path} is not a genflow run (no {CONFIG}); pass a directory made by 'genflow train'")
     try:
         record = json.loads(config_file.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
@@ -140,16 +122,6 @@ def read_run(run: str | Path) -> RunFiles:
         if not isinstance(record, dict) or not isinstance(record.get(key), dict):
             raise GenflowError(f"{config_file} lacks {key!r}; it was not written by genflow train")
     return RunFiles(path, upgraded(record))
-
-
-def resolve_run(run: str | Path | None) -> Path:
-    """The run named, or ``runs/latest``."""
-    if run is not None:
-        return Path(run)
-    latest = DEFAULT_RUNS / LATEST
-    if not latest.exists():
-        raise GenflowError("no run given and no runs/latest; train one with 'genflow train' or pass RUN")
-    return latest
 
 
 def new_run_dir(out: Path | None, process: str, overwrite: bool) -> Path:

@@ -54,7 +54,7 @@ class LoadedRun:
 
 def load(run: str | Path | None = None, device: str = "auto") -> LoadedRun:
     """Load a run's EMA weights into its backbone, behind the preconditioner of its process."""
-    run_files = read_run(files.resolve_run(run))  # runs/latest: the run it points at
+    run_files = read_run(run)  # None: runs/latest, the run it points at
     record = run_files.config
     try:
         process = make_process(record["process"]["name"], **record["process"]["options"])
