@@ -22,6 +22,10 @@ COMMANDS = {
     "genflow train --help": ["genflow", "train", "--help"],
     "genflow sample --steps x (usage error)": ["genflow", "sample", "--steps", "x"],
     "genflow train --process ddmp (unknown name)": ["genflow", "train", "--process", "ddmp"],
+    "genflow sample --steps 0": ["genflow", "sample", "--steps", "0"],
+    "genflow eval --n 0": ["genflow", "eval", "--n", "0"],
+    "genflow info no-such-run": ["genflow", "info", "no-such-run"],
+    "genflow export no-such-run out": ["genflow", "export", "no-such-run", "out"],
 }
 
 
