@@ -169,6 +169,7 @@ def print_scores(title: str, result: dict) -> None:
     table.add_column("floor: training\nimages resampled", justify="right")
     table.add_column("fresh real\nimages", justify="right")
     table.add_row("Frechet distance", f"{result['fd']:.3f}", f"{result['fd_floor']:.3f}", f"{result['fd_fresh']:.3f}")
+    table.add_row("  its spread (1 sd)", "", f"{result['fd_spread']:.3f}", "")
     table.add_row("KID", f"{result['kid']:.4f}", f"{result['kid_floor']:.4f}", f"{result['kid_fresh']:.4f}")
     table.add_row("precision / recall", f"{result['precision']:.3f} / {result['recall']:.3f}", "", "")
     table.add_row("memorized", f"{result['memorized']:.3f}", "", "~0.01")
@@ -181,6 +182,12 @@ def print_scores(title: str, result: dict) -> None:
         table.add_row(f"per-class FD (mean of {classes})", *(f"{value:.3f}" for value in means))
     add_nll_row(table, result, "", "")
     out_console.print(table)
+    if result["fd_fresh"] - result["fd_floor"] < 2 * result["fd_spread"]:
+        out_console.print(
+            f"note: at n = {result['n']} the floor and the fresh score lie within twice the spread of one score "
+            f"({2 * result['fd_spread']:.2f}), so they do not bracket a good model here, and FD differences below "
+            "that are noise; raise --n (the most the data allows is the default)"
+        )
 
 
 def add_nll_row(table: Table, result: dict, *blanks: str) -> None:

@@ -16,7 +16,7 @@ from genflow.config import TrainConfig
 from genflow.eval import scoring
 
 DIGITS = [str(k) for k in range(10)]
-UNCONDITIONAL_KEYS = {"run", "process", "solver", "grid", "steps", "nfe", "seconds", "n", "fd", "fd_floor", "fd_fresh", "kid",
+UNCONDITIONAL_KEYS = {"run", "process", "solver", "grid", "steps", "nfe", "seconds", "n", "fd", "fd_floor", "fd_fresh", "fd_spread", "kid",
                       "kid_floor", "kid_fresh", "precision", "recall", "memorized"}  # fmt: skip
 
 

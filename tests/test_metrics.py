@@ -168,7 +168,23 @@ def test_eval_cli_prints_scores_with_floors_and_is_deterministic(trained_runs):
     assert 0 < first["fd_floor"] < first["fd"] and first["nfe"] == 4
     table = invoke("eval", run, "--n", "100", "--steps", "2", "--nll", "--nll-n", "2", "--nll-steps", "2").stdout
     assert "floor: training" in table and "fresh real" in table and "NLL (bits/dim)" in table
+    assert "its spread (1 sd)" in table
+    small = json.loads(invoke("eval", run, "--n", "100", "--steps", "2", "--json").stdout)
+    overlap = small["fd_fresh"] - small["fd_floor"] < 2 * small["fd_spread"]
+    assert ("the floor and the fresh score lie within twice the spread" in table) == overlap
     expect_usage_error(invoke("eval", run, "--n", "1000"), "n must be at most 898")
+
+
+def test_the_floor_reports_its_spread_which_shrinks_with_n():
+    """At small n one draw of n real images moves FD by more than the gap between the yardsticks
+    (issue 31: at n = 200 the fresh score fell below the floor); the spread says by how much."""
+    real, classifier = load_digits(), load_digits_classifier()
+    spreads = {}
+    for n in (100, 800):
+        report = evaluate(real[:n], real, classifier, seed=0)
+        spreads[n] = report.fd_spread
+        assert report.fd_spread > 0
+    assert spreads[100] > 2 * spreads[800], spreads
 
 
 def test_eval_refuses_unusable_counts_before_loading_or_sampling(tmp_path, monkeypatch):

@@ -19,6 +19,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -167,6 +168,10 @@ class QualityReport:
     fd: float
     fd_floor: float
     fd_fresh: float
+    fd_spread: float
+    """The standard deviation of FD between the floor's draws of ``n`` images: how far one score
+    moves with the draw alone. At small ``n`` it can exceed the gap between the floor and the
+    fresh score, and then the two yardsticks (and scores within about twice it) are not told apart."""
     kid: float
     kid_floor: float
     kid_fresh: float
@@ -212,28 +217,29 @@ class Yardsticks:
     fresh: Tensor
     fd_floor: float
     kid_floor: float
+    fd_spread: float
 
 
 def yardsticks(real_f: Tensor, n: int, seed: int = 0) -> Yardsticks:
     """The reference, the fresh real images and the floor for ``n`` samples, from the features
     of all the real images."""
     reference, fresh = reference_and_fresh(len(real_f), n, seed)
-    fd_floor, kid_floor = resampled_floor(real_f, real_f[reference], n, seed)
-    return Yardsticks(real_f[reference], real_f[fresh], fd_floor, kid_floor)
+    fd_floor, kid_floor, fd_spread = resampled_floor(real_f, real_f[reference], n, seed)
+    return Yardsticks(real_f[reference], real_f[fresh], fd_floor, kid_floor, fd_spread)
 
 
-def resampled_floor(real_f: Tensor, reference_f: Tensor, n: int, seed: int = 0) -> tuple[float, float]:
+def resampled_floor(real_f: Tensor, reference_f: Tensor, n: int, seed: int = 0) -> tuple[float, float, float]:
     """FD and KID against the reference of ``n`` features drawn with replacement from all the
-    real ones, averaged over ``FLOOR_DRAWS`` draws (KID's ``KID_SUBSETS`` split between them).
-    Such a draw is a sample of the training set's own distribution, so it is what a model that
-    reproduces its training data exactly scores."""
+    real ones, averaged over ``FLOOR_DRAWS`` draws (KID's ``KID_SUBSETS`` split between them),
+    and the standard deviation of FD between the draws. Such a draw is a sample of the training
+    set's own distribution, so it is what a model that reproduces its training data exactly scores."""
     generator = torch.Generator().manual_seed(seed)
     fds, kids = [], []
     for draw in range(FLOOR_DRAWS):
         copy = real_f[torch.randint(len(real_f), (n,), generator=generator)]
         fds.append(frechet_distance(copy, reference_f))
         kids.append(kernel_distance(copy, reference_f, subsets=KID_SUBSETS // FLOOR_DRAWS, seed=seed + draw))
-    return sum(fds) / FLOOR_DRAWS, sum(kids) / FLOOR_DRAWS
+    return sum(fds) / FLOOR_DRAWS, sum(kids) / FLOOR_DRAWS, statistics.stdev(fds)
 
 
 def evaluate(samples: Tensor, real: Tensor, classifier: nn.Module, seed: int = 0) -> QualityReport:
@@ -259,6 +265,7 @@ def evaluate(samples: Tensor, real: Tensor, classifier: nn.Module, seed: int = 0
         fd=frechet_distance(fake_f, sticks.reference),
         fd_floor=sticks.fd_floor,
         fd_fresh=frechet_distance(sticks.fresh, sticks.reference),
+        fd_spread=sticks.fd_spread,
         kid=kernel_distance(fake_f, sticks.reference, seed=seed),
         kid_floor=sticks.kid_floor,
         kid_fresh=kernel_distance(sticks.fresh, sticks.reference, seed=seed),
