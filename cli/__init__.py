@@ -17,6 +17,9 @@ from types import FrameType
 from typing import Any
 
 EXIT_INTERRUPTED = 130
+WIDTH_WITHOUT_TERMINAL = 160
+"""Columns of help and tables written to a pipe or a log, where rich would assume 80 and cut
+option names short (``--grad-accumulati…``)."""
 
 
 def load_app() -> Any:
@@ -57,8 +60,15 @@ def interrupt(signum: int, frame: FrameType | None) -> None:
     os._exit(EXIT_INTERRUPTED)
 
 
+def readable_without_terminal() -> None:
+    """Give rich a wide page when stdout is not a terminal and the user set no ``COLUMNS``."""
+    if not sys.stdout.isatty() and "COLUMNS" not in os.environ:
+        os.environ["COLUMNS"] = str(WIDTH_WITHOUT_TERMINAL)
+
+
 def main() -> None:
     """The console script."""
+    readable_without_terminal()
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where SIGINT is ignored (nohup, &)
         signal.signal(signal.SIGINT, interrupt)
     load_app()()

@@ -4,6 +4,7 @@ diffusers (seconds of start-up); the timing itself is in benchmarks/bench_startu
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -94,3 +95,12 @@ def test_ctrl_c_while_genflow_starts_is_one_line_and_130(delay, tmp_path):
     _, stderr = process.communicate(timeout=120)
     assert process.returncode == 130, stderr
     assert "Traceback" not in stderr and stderr.strip().splitlines()[-1].startswith("genflow: "), stderr
+
+
+def test_help_in_a_pipe_keeps_every_option_name_whole():
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    shown = subprocess.run(["genflow", "train", "--help"], capture_output=True, text=True, timeout=60, env=env, check=True).stdout
+    for flag in ("--grad-accumulation", "--gradient-checkpointing", "--no-gradient-checkpointing", "--checkpoint-every"):
+        assert flag in shown, shown
+    options = [line for line in shown.splitlines() if line.startswith("│ --")]
+    assert options and not any("…" in line[:64] for line in options)  # the name and negation columns
