@@ -47,12 +47,12 @@ ARGUMENT_CHECKS: dict[str, Callable[[Any], object]] = {
     "device": check_device_name,
     "backbone": BACKBONES.get,
 }
-RUN_ARGUMENTS = ("run", "teacher")
-"""A command's run argument (``None``: ``runs/latest``), checked to be a run before it runs (and
-sweep's ``runs``)."""
 """The arguments several commands share, checked by name before a command runs: an argument
 error answers before torch is imported (seconds), for every command alike. The library checks
 the same values again where they are used (``genflow.values``, the registries, ``pick_device``)."""
+RUN_ARGUMENTS = ("run", "teacher")
+"""A command's run argument (``None``: ``runs/latest``), checked to be a run before it runs (and
+sweep's ``runs``)."""
 
 
 def check_arguments(values: dict[str, Any]) -> None:
