@@ -37,7 +37,7 @@ def import_command(
     folder: Annotated[
         Path, typer.Argument(help="A diffusers pipeline folder: model_index.json, unet/, scheduler/.", show_default=False)
     ],
-    out: Annotated[Path | None, typer.Option("--out", "-o", help="Run directory (default runs/<time>-<process>).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory (default runs/<time>-<process>).")] = None,
     overwrite: OverwriteOption = False,
 ) -> None:
     """Import a diffusers UNet2DModel with a DDPM/DDIM scheduler as a genflow run."""
