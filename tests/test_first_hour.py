@@ -87,14 +87,30 @@ def test_a_long_run_gets_advice_after_its_first_steps(tmp_path, monkeypatch):
     assert "5.6 h more" in notes.notes[0] and "--steps" in notes.notes[0]
 
 
-def test_the_loop_times_its_pace_after_the_first_step(tmp_path, monkeypatch):
-    """The advice comes after step 6 of a session, timed over steps 2 to 6."""
+def test_the_loop_times_its_pace_after_the_first_step_and_again_before_advising(tmp_path, monkeypatch):
+    """A long run's advice comes after a second estimate, timed after the first one (steps 2 to 6)."""
     from genflow.train import loop
 
     paces = []
+    monkeypatch.setattr(loop, "LONG_RUN_SECONDS", 0.0)  # every run is long
+    monkeypatch.setattr(loop, "PACE_RECHECK_SECONDS", 0.0)  # the second estimate over one step
     monkeypatch.setattr(loop.Trainer, "advise_on_pace", lambda self, pace: paces.append((self.state.step, pace)))
-    api.train(TrainConfig.from_dict({**TINY_TRAIN, "steps": 8}), tmp_path / "run")
-    assert len(paces) == 1 and paces[0][0] == 1 + loop.PACE_STEPS and paces[0][1] > 0
+    api.train(TrainConfig.from_dict({**TINY_TRAIN, "steps": 10}), tmp_path / "run")
+    assert len(paces) == 1 and paces[0][0] == 1 + loop.PACE_STEPS + 1 and paces[0][1] > 0
+
+
+@pytest.mark.parametrize(("later", "advised"), [(0.01, None), (2.0, 2.0)])
+def test_a_busy_start_is_timed_again_before_a_long_run_is_advised(later, advised):
+    """Issue 30: a machine busy during the first steps made a 6-minute run "need about 1.7 h"."""
+    from genflow.train.loop import PACE_RECHECK_SECONDS, PACE_STEPS, PaceWatch
+
+    watch = PaceWatch(first=1, is_long=lambda pace: pace * 1000 >= 1800)  # 1000 steps left; long: 30 min
+    said = [watch.pace_to_advise(1, 0.0)]
+    said += [watch.pace_to_advise(step, 2.0 * (step - 1)) for step in range(2, 2 + PACE_STEPS)]  # busy: 2 s a step
+    start = 2.0 * PACE_STEPS
+    steps = int(PACE_RECHECK_SECONDS / later) + 1
+    said += [watch.pace_to_advise(1 + PACE_STEPS + k, start + later * k) for k in range(1, steps + 1)]
+    assert [pace for pace in said if pace is not None] == ([] if advised is None else [pytest.approx(advised)])
 
 
 def test_the_progress_bar_shows_no_loss_before_the_first_step():

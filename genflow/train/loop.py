@@ -50,7 +50,39 @@ GRID_PER_CLASS = 8
 LONG_RUN_SECONDS = 30 * 60
 """A run whose remaining time is estimated above this gets advice on making it shorter or faster."""
 PACE_STEPS = 5
-"""Steps after the first of a session (which pays one-time costs) that the estimate is timed over."""
+"""Steps after the first of a session (which pays one-time costs) that the first estimate is timed over."""
+PACE_RECHECK_SECONDS = 30.0
+"""Training seconds the estimate is timed over again before a long run is advised on: a machine
+busy at the start (an install finishing, another job) makes the first estimate too long."""
+
+
+@dataclass
+class PaceWatch:
+    """When to advise a session on its pace: a first estimate over :data:`PACE_STEPS` steps after
+    its first step and, only where that says the run is long, a second over the next
+    :data:`PACE_RECHECK_SECONDS` of training, which is the one reported."""
+
+    first: int
+    is_long: Callable[[float], bool]
+    since: tuple[int, float] | None = None
+    """The step and training seconds the estimate in progress is timed from (``None``: no more)."""
+    rechecking: bool = False
+
+    def pace_to_advise(self, step: int, seconds: float) -> float | None:
+        """The seconds per step to advise on after ``step``, or ``None`` (not yet, or not long)."""
+        if step == self.first:
+            self.since = (step, seconds)
+            return None
+        if self.since is None:
+            return None
+        since_step, since_seconds = self.since
+        pace = (seconds - since_seconds) / (step - since_step)
+        if not self.rechecking and step == since_step + PACE_STEPS:
+            self.since, self.rechecking = ((step, seconds), True) if self.is_long(pace) else (None, False)
+        elif self.rechecking and seconds - since_seconds >= PACE_RECHECK_SECONDS:
+            self.since = None
+            return pace if self.is_long(pace) else None
+        return None
 
 
 @dataclass
@@ -190,10 +222,14 @@ class Trainer:
         how += ["gradient checkpointing"] * config.gradient_checkpointing + ["compiled"] * config.compile
         return ", ".join([where, *how])
 
+    def is_long(self, seconds_per_step: float) -> bool:
+        """Whether the rest of the run takes longer than :data:`LONG_RUN_SECONDS` at this pace."""
+        return (self.config.steps - self.state.step) * seconds_per_step >= LONG_RUN_SECONDS
+
     def advise_on_pace(self, seconds_per_step: float) -> None:
         """Early in a session: say how long the rest will take when it is long."""
         remaining = (self.config.steps - self.state.step) * seconds_per_step
-        if remaining < LONG_RUN_SECONDS:
+        if not self.is_long(seconds_per_step):
             return
         faster = (
             "pass --device cuda to train on the GPU"
@@ -206,8 +242,7 @@ class Trainer:
         config, state = self.config, self.state
         started = time.perf_counter() - state.seconds
         saved_step = state.step if state.step else None
-        first = state.step + 1
-        first_done = state.seconds  # when the first step of this session ended
+        pace = PaceWatch(first=state.step + 1, is_long=self.is_long)
         self.metrics = MetricsLog(self.run_dir / METRICS) if self.runtime.is_main else None
         try:
             with StopSignals() as signals:
@@ -216,10 +251,9 @@ class Trainer:
                     loss = self.step()
                     self.count_nonfinite(loss is None)
                     state.seconds = time.perf_counter() - started
-                    if state.step == first:
-                        first_done = state.seconds
-                    if state.step == first + PACE_STEPS:
-                        self.advise_on_pace((state.seconds - first_done) / PACE_STEPS)
+                    seconds_per_step = pace.pace_to_advise(state.step, state.seconds)
+                    if seconds_per_step is not None:
+                        self.advise_on_pace(seconds_per_step)
                     self.log(loss)
                     self.periodic()
                     stop = self.runtime.largest(signals.received or 0) if state.step < config.steps else 0
