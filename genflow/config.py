@@ -22,7 +22,7 @@ from typing import Any, get_type_hints
 from genflow.errors import GenflowError
 from genflow.processes import PROCESSES, make_process
 from genflow.registry import did_you_mean
-from genflow.values import check_seed, typed_value
+from genflow.values import MAX_SAMPLING_STEPS, check_count, check_seed, typed_value
 
 PRESETS: Traversable = resources.files("genflow.configs")
 DEVICES = ("auto", "cpu", "cuda", "mps")
@@ -39,6 +39,8 @@ PRECISIONS = ("fp32", "bf16")
 OBJECTIVES = ("denoising", "reflow", "distill")
 BAD_IMAGES = ("error", "skip")
 MAX_RESOLUTION = 4096
+MAX_TRAINING_STEPS = 10**9
+"""Far above any run's steps (DiT-XL/2 trained 7M); beyond it an eta is centuries."""
 FLOAT32_MAX = 3.4028234663852886e38  # the optimizer's arithmetic is float32
 
 
@@ -105,6 +107,9 @@ class TrainConfig:
         for name in ("steps", "batch_size", "grad_accumulation", "log_every", "sample_steps", "keep_checkpoints", "max_nonfinite"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise GenflowError(f"{name} must be a whole number >= 1, not {getattr(self, name)!r}")
+        if self.steps > MAX_TRAINING_STEPS:
+            raise GenflowError(f"steps must be at most {MAX_TRAINING_STEPS} (decades at any speed), not {self.steps}")
+        check_count("sample_steps", self.sample_steps, MAX_SAMPLING_STEPS)
         if min(self.sample_every, self.warmup_steps, self.eval_every, self.checkpoint_every) < 0:
             raise GenflowError("sample_every, eval_every, checkpoint_every and warmup_steps must be >= 0")
         if not 0 < self.lr < FLOAT32_MAX:

@@ -141,6 +141,9 @@ CASES: dict[str, tuple[Callable[[Workspace], list], tuple[str, ...]]] = {
     "unknown grid": (lambda ws: ["sample", ws.run, "--grid", "karas"], ("did you mean 'karras'",)),
     "train steps zero": (lambda ws: ["train", "--steps", 0], ("steps must be a whole number >= 1",)),
     "train steps negative": (lambda ws: ["train", "--steps", -3], ("steps must be a whole number >= 1",)),
+    "train steps beyond any run": (lambda ws: ["train", "--steps", 10**21], ("steps must be at most 1000000000",)),
+    "sample steps beyond any solver": (lambda ws: ["sample", ws.run, "--steps", 10**9], ("steps must be a whole number from 1 to 100000",)),
+    "sample n beyond any score": (lambda ws: ["sample", ws.run, "--n", 10**9], ("--n must be a whole number from 1 to 1000000",)),
     "batch size zero": (lambda ws: ["train", "--batch-size", 0], ("--batch-size must be a whole number >= 1",)),
     "batch larger than the data": (lambda ws: ["train", "--batch-size", 5000, "--out", ws.path("big-batch")], ("lower --batch-size",)),
     "learning rate beyond float32": (lambda ws: ["train", "--lr", 1e39], ("lr must be a positive number",)),
@@ -232,3 +235,11 @@ def test_an_output_in_proc_is_refused_before_sampling(workspace, monkeypatch):
 
     monkeypatch.setattr("genflow.api.sample_run", sample_run)
     expect_usage_error(invoke("sample", workspace.run, "--out", "/proc/x.png"), "cannot write /proc/x.png")
+
+
+def test_more_samples_than_memory_holds_are_refused_naming_the_most_that_fit(workspace, monkeypatch):
+    pages = {"SC_PAGE_SIZE": 4096, "SC_PHYS_PAGES": 100}  # a machine of 400 KiB: 1600 float32 8x8 images
+    monkeypatch.setattr("genflow.runs.loaded.os.sysconf", lambda name: pages[name])
+    refused = invoke("sample", workspace.run, "--n", 2000, "--out", workspace.path("many.npz"))
+    expect_usage_error(refused, "2000 samples of 1x8x8 need", "ask for at most 1600")
+    assert not Path(workspace.path("many.npz")).exists()

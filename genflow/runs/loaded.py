@@ -5,6 +5,7 @@ under torchrun."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from genflow.sampling.sample import SamplingStats, per_sample_seeds, sample
 from genflow.solvers import SOLVERS
 from genflow.solvers.guidance import FULL_INTERVAL, check_guidance, class_rows, parse_classes
 from genflow.storage import load_matching
+from genflow.values import MAX_SAMPLES, check_count
 
 
 @dataclass
@@ -78,6 +80,22 @@ def samples_folder(loaded: LoadedRun) -> Path:
     return folder
 
 
+def check_fits_in_memory(n: int, loaded: LoadedRun) -> None:
+    """Refuse ``n`` samples whose float32 images alone exceed this machine's memory (they are all
+    held until written), naming the most that fit."""
+    config = loaded.model.config
+    image_bytes = 4 * config.channels * config.resolution**2
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # a platform without these names: nothing to check against
+        return
+    if n * image_bytes > memory:
+        raise GenflowError(
+            f"{n} samples of {config.channels}x{config.resolution}x{config.resolution} need {n * image_bytes / 2**30:.1f} GiB, "
+            f"more than this machine's {memory / 2**30:.1f} GiB; ask for at most {memory // image_bytes} (or several runs of --seed)"
+        )
+
+
 def sample_run(
     loaded: LoadedRun,
     n: int,
@@ -98,8 +116,8 @@ def sample_run(
     Under a distributed ``runtime`` each process samples a contiguous share of the per-sample
     seeds and the main process gathers them in order: the samples are those of one process
     (per-sample seeds make them independent of the batch); the others get ``None``."""
-    if n < 1:
-        raise GenflowError(f"n must be >= 1, not {n}")
+    check_count("n", n, MAX_SAMPLES)
+    check_fits_in_memory(n, loaded)
     check_conditioning(loaded, labels, guidance, guidance_interval)
     solver, steps = sampling_defaults(loaded, solver, steps)
     check_fixed_steps(solver, steps)
