@@ -28,7 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from bench_train import images_at, status_kib, timed
+from bench_train import images_at, peak_rise_mib, timed
 
 import genflow
 from genflow.config import TrainConfig
@@ -62,14 +62,7 @@ def cpu_peak_memory_mib(backbone: str, size: int, batch: int, warmup: int) -> fl
 
 
 def print_peak(args: argparse.Namespace) -> None:
-    import diffusers  # noqa: F401  (loaded before the baseline is read)
-
-    baseline = status_kib("VmRSS")
-    Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident size
-    step, _, _ = training_step(args.backbone, args.sizes[0], args.batch, torch.device("cpu"))
-    for _ in range(args.warmup + 3):
-        step()
-    print((status_kib("VmHWM") - baseline) / 1024)
+    print(peak_rise_mib(lambda: training_step(args.backbone, args.sizes[0], args.batch, torch.device("cpu"))[0], args.warmup + 3))
 
 
 def throughput(args: argparse.Namespace) -> list[dict]:

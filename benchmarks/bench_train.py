@@ -119,15 +119,21 @@ def cpu_peak_memory_mib(variant: str, size: int, batch: int, warmup: int) -> flo
 
 
 def print_peak_of(variant: str, size: int, batch: int, warmup: int) -> None:
-    from diffusers import DDPMScheduler  # noqa: F401  (loaded before the baseline is read)
-
     data = images_at(size, torch.device("cpu"))
+    print(peak_rise_mib(lambda: make_step(variant, data, batch, torch.device("cpu")), warmup + 3))
+
+
+def peak_rise_mib(make: Callable[[], Callable[[], None]], steps: int) -> float:
+    """The rise of this process's peak resident memory (MiB) while ``make()`` builds a step and
+    ``steps`` of it run, over what was resident before (torch and diffusers loaded)."""
+    import diffusers  # noqa: F401  (loaded before the baseline is read)
+
     baseline = status_kib("VmRSS")
     Path("/proc/self/clear_refs").write_text("5")  # the peak (VmHWM) restarts from the current resident size
-    step = make_step(variant, data, batch, torch.device("cpu"))
-    for _ in range(warmup + 3):
+    step = make()
+    for _ in range(steps):
         step()
-    print((status_kib("VmHWM") - baseline) / 1024)
+    return (status_kib("VmHWM") - baseline) / 1024
 
 
 def status_kib(field: str) -> int:

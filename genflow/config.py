@@ -104,9 +104,8 @@ class TrainConfig:
     """A run whose EMA weights start the model (a reflow student from its teacher)."""
 
     def validate(self) -> TrainConfig:
-        for name in ("steps", "batch_size", "grad_accumulation", "log_every", "sample_steps", "keep_checkpoints", "max_nonfinite"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise GenflowError(f"{name} must be a whole number >= 1, not {getattr(self, name)!r}")
+        for name in ("steps", "batch_size", "grad_accumulation", "log_every", "keep_checkpoints", "max_nonfinite"):
+            check_count(name, getattr(self, name))
         if self.steps > MAX_TRAINING_STEPS:
             raise GenflowError(f"steps must be at most {MAX_TRAINING_STEPS} (decades at any speed), not {self.steps}")
         check_count("sample_steps", self.sample_steps, MAX_SAMPLING_STEPS)
@@ -156,8 +155,7 @@ class TrainConfig:
             )
         if self.objective == "distill" and self.process != "rectified-flow":
             raise GenflowError(f"a distilled student is a rectified-flow run (it takes Euler steps on straight paths), not {self.process}")
-        if not isinstance(self.steps_out, int) or self.steps_out < 1:
-            raise GenflowError(f"steps_out must be a whole number >= 1, not {self.steps_out!r}")
+        check_count("steps_out", self.steps_out)
 
     def own_sampler(self, default_solver: str) -> tuple[str, int]:
         """The solver and steps of the run's own samples (grids, ``--eval-every``): a distilled

@@ -46,6 +46,13 @@ def check_count(name: str, value: Any, limit: int | None = None) -> int:
     return value
 
 
+def check_fraction(name: str, value: Any) -> float:
+    """``value`` if it is a number from 0 to below 1 (a dropout rate); else one line naming the option."""
+    if not isinstance(value, int | float) or isinstance(value, bool) or not 0 <= value < 1:
+        raise GenflowError(f"{name} must be a number from 0 to below 1, not {value!r}")
+    return value
+
+
 def check_seed(seed: Any, count: int = 1, name: str = "seed") -> int:
     """``seed`` if it and the ``count - 1`` per-sample seeds after it (``seed + i``) are whole
     numbers a generator takes; else one line naming the range."""

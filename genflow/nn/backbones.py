@@ -60,5 +60,4 @@ def backbone_from_dict(model: dict[str, Any]) -> BackboneConfig:
 def backbone_for_data(model: dict[str, Any], channels: int, resolution: int, num_classes: int) -> BackboneConfig:
     """The backbone a new run on data of this shape trains: the named backbone's default for the
     resolution, with the ``model`` keys given."""
-    overrides = {k: v for k, v in model.items() if k != "backbone"}
-    return backbone_class(model).for_data(channels, resolution, num_classes, overrides)
+    return backbone_class(model).for_data(channels, resolution, num_classes, model)

@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
+from genflow.values import check_count, check_fraction
 
 if TYPE_CHECKING:
     from diffusers import DiTTransformer2DModel
@@ -76,13 +77,10 @@ class DiTConfig:
         """Refuse, naming the option, a value of the wrong type or outside its range, and a shape
         DiT cannot take: before any file is written or any layer built."""
         for name in ("channels", "resolution", "patch_size", "width", "depth", "heads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GenflowError(f"model.{name} must be a whole number >= 1, not {value!r}")
+            check_count(f"model.{name}", getattr(self, name))
         if not isinstance(self.num_classes, int) or isinstance(self.num_classes, bool) or self.num_classes < 0:
             raise GenflowError(f"model.num_classes must be a whole number >= 0, not {self.num_classes!r}")
-        if not isinstance(self.dropout, int | float) or isinstance(self.dropout, bool) or not 0 <= self.dropout < 1:
-            raise GenflowError(f"model.dropout must be a number from 0 to below 1, not {self.dropout!r}")
+        check_fraction("model.dropout", self.dropout)
         if self.resolution % self.patch_size:
             raise GenflowError(f"model.patch_size {self.patch_size} does not divide the resolution {self.resolution}; choose one that does")
         if self.width % self.heads:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, ClassVar
 
 from genflow.errors import GenflowError
 from genflow.lazy import lazy_import
+from genflow.values import check_count, check_fraction
 
 if TYPE_CHECKING:
     from diffusers import UNet2DModel
@@ -62,17 +63,13 @@ class UNetConfig:
         """Refuse, naming the option, a value of the wrong type or outside its range (``-o model.KEY``
         values come from the command line): before any file is written or any layer built."""
         for name in ("channels", "resolution", "layers_per_block", "norm_groups"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise GenflowError(f"model.{name} must be a whole number >= 1, not {value!r}")
+            check_count(f"model.{name}", getattr(self, name))
         channels = self.block_channels
         if not isinstance(channels, tuple) or not channels or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 1 for c in channels):
             raise GenflowError(f"model.block_channels must be a list of whole numbers >= 1 such as [32,64,64], not {channels!r}")
         if not isinstance(self.attention, tuple) or not all(isinstance(a, bool) for a in self.attention):
             raise GenflowError(f"model.attention must be a list of true/false such as [false,true,false], not {self.attention!r}")
-        dropout = self.dropout
-        if not isinstance(dropout, int | float) or isinstance(dropout, bool) or not 0 <= dropout < 1:
-            raise GenflowError(f"model.dropout must be a number from 0 to below 1, not {dropout!r}")
+        check_fraction("model.dropout", self.dropout)
 
     def check_shape(self) -> None:
         """Refuse a shape genflow's builder cannot make, naming the option."""
